@@ -29,3 +29,21 @@ def load_vectors(name: str) -> Any:
     if directory is None or not (directory / name).is_file():
         pytest.skip(f"vector file {name} not found (set KMS_VECTORS_DIR or place ../shared)")
     return json.loads((directory / name).read_text())
+
+
+_VECTORS_CHECKED: dict[str, int] = {}
+
+
+def vector_checked(name: str, count: int = 1) -> None:
+    """Record that ``count`` vectors of file ``name`` were checked (shown in the summary)."""
+    _VECTORS_CHECKED[name] = _VECTORS_CHECKED.get(name, 0) + count
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print how many golden vectors each file contributed to this run."""
+    if not _VECTORS_CHECKED:
+        return
+    terminalreporter.section("golden vectors checked")
+    for name in sorted(_VECTORS_CHECKED):
+        terminalreporter.write_line(f"{name}: {_VECTORS_CHECKED[name]}")
+    terminalreporter.write_line(f"total: {sum(_VECTORS_CHECKED.values())}")
