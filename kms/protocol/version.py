@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ProtocolVersion(str, Enum):
+class ProtocolVersion(StrEnum):
     """The `protocol_version` values of a `[[validator]]` in tmkms.toml."""
 
     V0_34 = "v0.34"
