@@ -1,0 +1,1 @@
+"""Double-sign protection: the rule (state), the state file (store), the per-chain tracker."""
