@@ -1,0 +1,231 @@
+"""What the KMS answers to each privval request, independent of the connection it came on.
+
+The handler turns one typed request into one typed response. Every refusal becomes a
+RemoteSignerError inside the response (the node only prints it and never retries, while a
+dropped connection makes it retry and miss the block), so this module never raises for a
+request it can parse.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import attrs
+
+from kms.chain.state import STEP_NAMES, BlockRef
+from kms.chain.tracker import ChainTracker, SignRequest
+from kms.errors import KmsError, ProtocolError, SigningRefused
+from kms.protocol.messages import (
+    BlockId,
+    PingRequest,
+    PingResponse,
+    Proposal,
+    PubKeyRequest,
+    PubKeyResponse,
+    PublicKey,
+    RemoteSignerError,
+    Request,
+    Response,
+    SignBytesRequest,
+    SignBytesResponse,
+    SignedMsgType,
+    SignedProposalResponse,
+    SignedRawBytesResponse,
+    SignedVoteResponse,
+    SignProposalRequest,
+    SignRawBytesRequest,
+    SignVoteRequest,
+    Timestamp,
+    Vote,
+)
+from kms.protocol.signbytes import (
+    proposal_sign_bytes,
+    raw_bytes_sign_bytes,
+    step_of,
+    vote_extension_sign_bytes,
+    vote_sign_bytes,
+)
+from kms.protocol.varint import decode_uvarint
+from kms.protocol.version import ProtocolVersion
+from providers import Signer
+
+log = logging.getLogger("kms.session")
+
+# RemoteSignerError codes. tmkms answers double signs with 2; the rest are ours.
+ERR_CHAIN_ID = 1
+ERR_SIGNER = 3
+ERR_REFUSED_RAW = 4
+
+
+def block_ref(block_id: BlockId) -> BlockRef:
+    """The double-sign tracker's view of a block ID."""
+    psh = block_id.part_set_header
+    return BlockRef(hash=block_id.hash, parts_total=psh.total, parts_hash=psh.hash)
+
+
+def _error(code: int, exc: BaseException | str) -> RemoteSignerError:
+    return RemoteSignerError(code=code, description=str(exc))
+
+
+@attrs.define
+class RequestHandler:
+    """Answers the requests of one validator connection for one chain."""
+
+    chain_id: str
+    version: ProtocolVersion
+    tracker: ChainTracker
+    signer: Signer
+    sign_extensions: bool
+    prefix: str
+
+    async def handle(self, request: Request) -> Response:
+        """Return the response to ``request``; refusals are RemoteSignerError replies."""
+        if isinstance(request, SignVoteRequest):
+            return await self._sign_vote(request)
+        if isinstance(request, SignProposalRequest):
+            return await self._sign_proposal(request)
+        if isinstance(request, PingRequest):
+            return PingResponse()
+        if isinstance(request, PubKeyRequest):
+            return self._pub_key(request)
+        if isinstance(request, SignRawBytesRequest):
+            return await self._sign_raw(request)
+        if isinstance(request, SignBytesRequest):
+            return await self._sign_bytes(request)
+        raise ProtocolError(f"unexpected message from validator: {type(request).__name__}")
+
+    def _chain_mismatch(self, chain_id: str) -> RemoteSignerError | None:
+        if chain_id == self.chain_id:
+            return None
+        log.error("%s request for wrong chain ID: %r", self.prefix, chain_id)
+        return _error(ERR_CHAIN_ID, f"chain ID mismatch: expected {self.chain_id}, got {chain_id}")
+
+    def _pub_key(self, request: PubKeyRequest) -> PubKeyResponse:
+        # CometBFT v0.34 nodes may send an empty chain ID in PubKeyRequest.
+        if request.chain_id and (error := self._chain_mismatch(request.chain_id)):
+            return PubKeyResponse(pub_key=None, error=error)
+        return PubKeyResponse(
+            pub_key=PublicKey(type=self.signer.key_type, data=self.signer.public_key)
+        )
+
+    def _wants_extension_signature(self, request: SignVoteRequest) -> bool:
+        vote = request.vote
+        return (
+            self.version.has_vote_extensions
+            and self.sign_extensions
+            and vote.type == SignedMsgType.PRECOMMIT
+            and not vote.block_id.is_nil()
+            and not request.skip_extension_signing
+        )
+
+    async def _sign_vote(self, request: SignVoteRequest) -> SignedVoteResponse:
+        if error := self._chain_mismatch(request.chain_id):
+            return SignedVoteResponse(vote=None, error=error)
+        vote: Vote = request.vote
+        started = time.perf_counter()
+        try:
+            signed = await self.tracker.sign(
+                SignRequest(
+                    kind="vote",
+                    height=vote.height,
+                    round=vote.round,
+                    step=step_of(vote.type),
+                    block=block_ref(vote.block_id),
+                    sign_bytes=vote_sign_bytes(self.chain_id, vote),
+                    timestamp=(vote.timestamp.seconds, vote.timestamp.nanos),
+                )
+            )
+            extension_signature = b""
+            if self._wants_extension_signature(request):
+                extension_signature = await self.signer.sign(
+                    vote_extension_sign_bytes(self.chain_id, vote)
+                )
+        except KmsError as exc:
+            return SignedVoteResponse(vote=None, error=self._refusal(exc))
+        vote.signature = signed.signature
+        vote.timestamp = Timestamp(*signed.timestamp)
+        vote.extension_signature = extension_signature
+        self._log_signed(vote.type, vote.height, vote.round, vote.block_id, started)
+        return SignedVoteResponse(vote=vote)
+
+    async def _sign_proposal(self, request: SignProposalRequest) -> SignedProposalResponse:
+        if error := self._chain_mismatch(request.chain_id):
+            return SignedProposalResponse(proposal=None, error=error)
+        proposal: Proposal = request.proposal
+        started = time.perf_counter()
+        try:
+            signed = await self.tracker.sign(
+                SignRequest(
+                    kind="proposal",
+                    height=proposal.height,
+                    round=proposal.round,
+                    step=0,
+                    block=block_ref(proposal.block_id),
+                    sign_bytes=proposal_sign_bytes(self.chain_id, proposal),
+                    timestamp=(proposal.timestamp.seconds, proposal.timestamp.nanos),
+                )
+            )
+        except KmsError as exc:
+            return SignedProposalResponse(proposal=None, error=self._refusal(exc))
+        proposal.signature = signed.signature
+        self._log_signed(
+            SignedMsgType.PROPOSAL, proposal.height, proposal.round, proposal.block_id, started
+        )
+        return SignedProposalResponse(proposal=proposal)
+
+    async def _sign_raw(self, request: SignRawBytesRequest) -> SignedRawBytesResponse:
+        if error := self._chain_mismatch(request.chain_id):
+            return SignedRawBytesResponse(signature=b"", error=error)
+        try:
+            signature = await self.signer.sign(raw_bytes_sign_bytes(request))
+        except KmsError as exc:
+            return SignedRawBytesResponse(signature=b"", error=self._refusal(exc))
+        log.info("%s signed raw bytes (unique ID %s)", self.prefix, request.unique_id)
+        return SignedRawBytesResponse(signature=signature)
+
+    async def _sign_bytes(self, request: SignBytesRequest) -> SignBytesResponse:
+        # CometBFT v1 signs these bytes as they are, outside the double-sign state. Every
+        # consensus sign-bytes value is uvarint(len) || body, so refuse anything of that shape:
+        # otherwise a compromised node could obtain a conflicting vote through this door.
+        if _looks_length_delimited(request.value):
+            log.error("%s refused to sign raw bytes shaped like consensus sign bytes", self.prefix)
+            return SignBytesResponse(
+                signature=b"",
+                error=_error(ERR_REFUSED_RAW, "refusing raw bytes shaped like consensus messages"),
+            )
+        try:
+            signature = await self.signer.sign(request.value)
+        except KmsError as exc:
+            return SignBytesResponse(signature=b"", error=self._refusal(exc))
+        return SignBytesResponse(signature=signature)
+
+    def _refusal(self, exc: KmsError) -> RemoteSignerError:
+        if isinstance(exc, SigningRefused):
+            return _error(exc.code, exc)
+        log.error("%s signing failed: %s", self.prefix, exc)
+        return _error(ERR_SIGNER, f"signing failed: {exc}")
+
+    def _log_signed(
+        self, msg_type: int, height: int, round_: int, block_id: BlockId, started: float
+    ) -> None:
+        elapsed_ms = int((time.perf_counter() - started) * 1000)
+        step = step_of(msg_type)
+        log.info(
+            "%s signed %s:%s at h/r/s %d/%d/%d (%d ms)",
+            self.prefix,
+            STEP_NAMES[step],
+            block_ref(block_id).prefix(),
+            height,
+            round_,
+            step,
+            elapsed_ms,
+        )
+
+
+def _looks_length_delimited(value: bytes) -> bool:
+    try:
+        length, pos = decode_uvarint(value)
+    except ProtocolError:
+        return False
+    return length == len(value) - pos

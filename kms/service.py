@@ -1,0 +1,162 @@
+"""The supervisor: one nursery task per `[[validator]]`, reconnecting with backoff.
+
+Everything a validator connection shares with others is built once here: the signers (one
+registry), the per-chain double-sign trackers and their state files. Each validator then
+runs in its own task; a failure is logged with its `[chain@addr]` prefix and retried after a
+backoff delay, and never disturbs another validator. SIGINT/SIGTERM cancel the dialling and
+waiting; a request already being answered is finished first (see :mod:`kms.session`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from kms import __version__
+from kms.backoff import Backoff
+from kms.chain.hook import apply_state_hook
+from kms.chain.store import StateFile
+from kms.chain.tracker import ChainTracker
+from kms.config import ChainConfig, KmsConfig, ValidatorConfig
+from kms.errors import KmsError
+from kms.handler import RequestHandler
+from kms.keyring import build_registry
+from kms.keys import load_ed25519_key, warn_if_readable_by_others
+from kms.session import Session, describe_error
+from providers import Registry
+
+log = logging.getLogger("kms.service")
+start_log = logging.getLogger("kms.commands.start")
+
+
+@attrs.define
+class Service:
+    """The running KMS: shared trackers and signers, one supervised task per validator."""
+
+    config: KmsConfig
+    registry: Registry
+    trackers: dict[str, ChainTracker]
+    backoff_factory: Callable[[], Backoff] = Backoff
+
+    @classmethod
+    async def open(cls, config: KmsConfig) -> Service:
+        """Load keys and state files and run state hooks; raises KmsError on any problem."""
+        registry = build_registry(config)
+        trackers: dict[str, ChainTracker] = {}
+        fs_limiter = trio.CapacityLimiter(8)
+        for chain in config.chains:
+            if chain.id not in registry.chains():
+                continue
+            tracker = ChainTracker(
+                chain.id,
+                StateFile(chain.state_file),
+                registry.consensus(chain.id),
+                max_height=_max_height(config, chain),
+                fs_limiter=fs_limiter,
+            )
+            await tracker.open()
+            if chain.state_hook is not None:
+                hook = chain.state_hook
+                await apply_state_hook(tracker, hook.cmd, hook.timeout_secs, hook.fail_closed)
+            trackers[chain.id] = tracker
+        return cls(config=config, registry=registry, trackers=trackers)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every validator connection until cancelled (or, without reconnect, until done)."""
+        supervised = [self._session(v) for v in self.config.validators]
+        async with trio.open_nursery() as nursery:
+            for each in supervised:
+                nursery.start_soon(self._supervise, each)
+            task_status.started()
+
+    def _session(self, validator: ValidatorConfig) -> _Supervised:
+        chain = self.config.chain(validator.chain_id)
+        prefix = f"[{validator.chain_id}@{validator.addr}]"
+        identity = None
+        if validator.secret_key is not None:
+            warn_if_readable_by_others(validator.secret_key, log)
+            identity = load_ed25519_key(validator.secret_key)
+        sign_extensions = (
+            chain.sign_extensions
+            if chain.sign_extensions is not None
+            else validator.protocol_version.extensions_by_default
+        )
+        backoff = self.backoff_factory()
+        handler = RequestHandler(
+            chain_id=chain.id,
+            version=validator.protocol_version,
+            tracker=self.trackers[chain.id],
+            signer=self.registry.consensus(chain.id),
+            sign_extensions=sign_extensions,
+            prefix=prefix,
+        )
+        session = Session(
+            addr=validator.addr,
+            version=validator.protocol_version,
+            identity=identity,
+            handler=handler,
+            timeout=validator.timeout,
+            prefix=prefix,
+            on_connected=backoff.reset,
+        )
+        return _Supervised(session=session, backoff=backoff, reconnect=validator.reconnect)
+
+    async def _supervise(self, supervised: _Supervised) -> None:
+        session = supervised.session
+        while True:
+            try:
+                await session.run()
+            except (KmsError, OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                log.error("%s %s", session.prefix, describe_error(exc))
+            except Exception as exc:  # one validator's bug must not take the others down
+                log.exception("%s unexpected error: %s", session.prefix, describe_error(exc))
+            if not supervised.reconnect:
+                log.info("%s reconnect = false; not dialling again", session.prefix)
+                return
+            await trio.sleep(supervised.backoff.next_delay())
+
+
+@attrs.define
+class _Supervised:
+    session: Session
+    backoff: Backoff
+    reconnect: bool
+
+
+def _max_height(config: KmsConfig, chain: ChainConfig) -> int | None:
+    """The strictest `max_height` among the validators of ``chain`` (None: no limit)."""
+    limits = [
+        v.max_height
+        for v in config.validators
+        if v.chain_id == chain.id and v.max_height is not None
+    ]
+    return min(limits) if limits else None
+
+
+async def _serve_until_signal(config: KmsConfig) -> None:
+    service = await Service.open(config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    log.info("received %s; shutting down", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch_signals)
+            await service.serve()
+            nursery.cancel_scope.cancel()
+
+
+def run(config: KmsConfig, *, verbose: bool = False) -> int:
+    """`tmkms start`: serve until SIGINT/SIGTERM; returns the process exit code."""
+    del verbose  # logging is configured by the CLI before we get here
+    start_log.info("tmkms %s starting up...", __version__)
+    trio.run(_serve_until_signal, config)
+    log.info("shutdown complete")
+    return 0

@@ -1,0 +1,123 @@
+"""One validator connection: dial, handshake, then answer requests until the link fails.
+
+The session owns every timeout of a connection (connect, handshake, each wait for a
+request); the layers below it take none. It returns or raises when the connection ends; the
+supervisor in :mod:`kms.service` decides whether and when to dial again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import attrs
+import trio
+from nacl.signing import SigningKey
+
+from kms.errors import ProtocolError
+from kms.handler import RequestHandler
+from kms.protocol.codec import decode_request, encode_response
+from kms.protocol.framing import FrameDecoder, frame
+from kms.protocol.version import ProtocolVersion
+from kms.transport.address import Address
+from kms.transport.dial import open_connection
+from kms.transport.secret_connection import peer_id_from_pubkey
+from kms.transport.stream import secret_handshake
+
+log = logging.getLogger("kms.session")
+conn_log = logging.getLogger("kms.connection")
+
+RECEIVE_SIZE = 65536
+
+
+class ConnectionClosed(Exception):
+    """The validator closed the connection cleanly."""
+
+
+@attrs.define
+class Session:
+    """Serves one `[[validator]]` connection for as long as it lives."""
+
+    addr: Address
+    version: ProtocolVersion
+    identity: SigningKey | None
+    handler: RequestHandler
+    timeout: float
+    prefix: str
+    on_connected: Callable[[], None] = lambda: None
+
+    async def run(self) -> None:
+        """Dial, handshake and serve; raises when the connection fails or closes."""
+        stream = await self._connect()
+        async with stream:
+            log.info("%s connected to validator successfully", self.prefix)
+            self.on_connected()
+            await self._serve(stream)
+
+    async def _connect(self) -> trio.abc.Stream:
+        if self.addr.scheme == "tcp" and self.identity is not None:
+            conn_log.info("KMS node ID: %s", peer_id_from_pubkey(bytes(self.identity.verify_key)))
+        with trio.fail_after(self.timeout):
+            transport = await open_connection(self.addr)
+        if self.addr.scheme != "tcp":
+            return transport
+        assert self.identity is not None, "tcp validators always have a secret_key"
+        try:
+            with trio.fail_after(self.timeout):
+                stream = await secret_handshake(transport, self.identity, self.addr.peer_id)
+        except BaseException:
+            await trio.aclose_forcefully(transport)
+            raise
+        if self.addr.peer_id is None:
+            log.warning("%s: unverified validator peer ID! (%s)", self.prefix, stream.peer_id)
+        return stream
+
+    async def _serve(self, stream: trio.abc.Stream) -> None:
+        decoder = FrameDecoder()
+        while True:
+            payload = decoder.next_message()
+            if payload is None:
+                with trio.fail_after(self.timeout):
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    raise ConnectionClosed("validator closed the connection")
+                decoder.feed(data)
+                continue
+            request = decode_request(payload, self.version)
+            # A request that arrived is answered even during shutdown: the state write is
+            # already shielded, and a node that gets its reply does not have to retry.
+            with trio.CancelScope(shield=True), trio.fail_after(self.timeout):
+                response = await self.handler.handle(request)
+                await stream.send_all(frame(encode_response(response, self.version)))
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line, tmkms-shaped description of why a connection ended."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    if isinstance(exc, OSError):
+        cause = _root_os_error(exc)
+        if cause.errno is not None and cause.strerror:
+            return f"I/O error: {cause.strerror} (os error {cause.errno})"
+        return f"I/O error: {cause}"
+    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        return describe_error(exc.__cause__)
+    if isinstance(exc, ProtocolError):
+        return f"protocol error: {exc}"
+    if isinstance(exc, ConnectionClosed):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _root_os_error(exc: OSError) -> OSError:
+    """trio wraps failed dials as "all attempts ... failed"; find the errno underneath."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen
+        if isinstance(seen, BaseExceptionGroup):
+            for inner in seen.exceptions:
+                if isinstance(inner, OSError):
+                    return _root_os_error(inner)
+        seen = seen.__cause__
+    return exc

@@ -1,0 +1,185 @@
+"""A simulated CometBFT validator node: the listening side of the privval protocol.
+
+It listens where a node's `priv_validator_laddr` would (tcp with Secret Connection, or a
+plaintext unix socket), accepts the KMS, and sends the requests a real node sends, under
+the node's own 5 s read/write timeouts. Used by the tests, the benchmarks and `tmkms demo`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+from nacl.signing import SigningKey
+
+from kms.errors import ProtocolError
+from kms.protocol.codec import decode_response, encode_request
+from kms.protocol.framing import FrameDecoder, frame
+from kms.protocol.messages import (
+    PingRequest,
+    PingResponse,
+    Proposal,
+    PubKeyRequest,
+    PubKeyResponse,
+    PublicKey,
+    Request,
+    Response,
+    SignedProposalResponse,
+    SignedVoteResponse,
+    SignProposalRequest,
+    SignVoteRequest,
+    Vote,
+)
+from kms.protocol.version import ProtocolVersion
+from kms.transport.address import Address
+from kms.transport.stream import secret_handshake
+
+NODE_TIMEOUT = 5.0  # CometBFT's read/write timeout on the privval connection
+PING_INTERVAL = 10.0 / 3.0  # a node pings after about 3.3 s of silence
+
+
+@attrs.define
+class SignerClient:
+    """The node's end of one accepted KMS connection: lock-step request/response."""
+
+    stream: trio.abc.Stream
+    chain_id: str
+    version: ProtocolVersion
+    timeout: float = NODE_TIMEOUT
+    peer_id: str | None = None
+    _decoder: FrameDecoder = attrs.field(factory=FrameDecoder)
+    _lock: trio.Lock = attrs.field(factory=trio.Lock)
+
+    async def request(self, request: Request) -> Response:
+        """Send one request and wait for its reply, each step under the node's timeout."""
+        async with self._lock:
+            with trio.fail_after(self.timeout):
+                await self.stream.send_all(frame(encode_request(request, self.version)))
+            while (payload := self._decoder.next_message()) is None:
+                with trio.fail_after(self.timeout):
+                    data = await self.stream.receive_some(65536)
+                if not data:
+                    raise trio.BrokenResourceError("signer closed the connection")
+                self._decoder.feed(data)
+            return decode_response(payload, self.version)
+
+    async def pub_key(self) -> PublicKey:
+        """Ask for the signer's public key, as a node does first."""
+        response = await self.request(PubKeyRequest(chain_id=self.chain_id))
+        if not isinstance(response, PubKeyResponse) or response.pub_key is None:
+            raise ProtocolError(f"bad reply to PubKeyRequest: {response!r}")
+        return response.pub_key
+
+    async def sign_vote(self, vote: Vote, *, skip_extension_signing: bool = False) -> SignedVoteResponse:
+        """Ask for a vote signature."""
+        response = await self.request(
+            SignVoteRequest(
+                vote=vote, chain_id=self.chain_id, skip_extension_signing=skip_extension_signing
+            )
+        )
+        if not isinstance(response, SignedVoteResponse):
+            raise ProtocolError(f"bad reply to SignVoteRequest: {response!r}")
+        return response
+
+    async def sign_proposal(self, proposal: Proposal) -> SignedProposalResponse:
+        """Ask for a proposal signature."""
+        response = await self.request(SignProposalRequest(proposal=proposal, chain_id=self.chain_id))
+        if not isinstance(response, SignedProposalResponse):
+            raise ProtocolError(f"bad reply to SignProposalRequest: {response!r}")
+        return response
+
+    async def ping(self) -> None:
+        """One keep-alive round trip."""
+        response = await self.request(PingRequest())
+        if not isinstance(response, PingResponse):
+            raise ProtocolError(f"bad reply to PingRequest: {response!r}")
+
+    async def keepalive(self, interval: float = PING_INTERVAL) -> None:
+        """Ping forever, as a node does when no signing request is pending."""
+        while True:
+            await trio.sleep(interval)
+            if not self._lock.locked():
+                await self.ping()
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        await self.stream.aclose()
+
+
+@attrs.define
+class SimulatedNode:
+    """Listens for the KMS like a validator node's `priv_validator_laddr`."""
+
+    chain_id: str
+    version: ProtocolVersion = ProtocolVersion.V0_38
+    identity: SigningKey = attrs.field(factory=SigningKey.generate)
+    timeout: float = NODE_TIMEOUT
+    listener: trio.SocketListener | None = None
+    address: Address | None = None
+
+    async def listen(self, laddr: Address) -> Address:
+        """Start listening on ``laddr`` (tcp port 0 picks a free port); return the real address."""
+        if laddr.scheme == "unix":
+            assert laddr.path is not None
+            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if os.path.exists(laddr.path):
+                os.unlink(laddr.path)
+            await sock.bind(laddr.path)
+            sock.listen(16)
+            self.listener = trio.SocketListener(sock)
+            self.address = laddr
+        else:
+            listeners = await trio.open_tcp_listeners(laddr.port or 0, host=laddr.host)
+            self.listener = listeners[0]
+            for extra in listeners[1:]:
+                await extra.aclose()
+            host, port = self.listener.socket.getsockname()[:2]
+            self.address = Address(scheme="tcp", host=host, port=port)
+        return self.address
+
+    async def accept(self) -> SignerClient:
+        """Wait for the KMS to dial in; complete the handshake for tcp."""
+        assert self.listener is not None, "call listen() first"
+        stream: trio.abc.Stream = await self.listener.accept()
+        peer_id = None
+        if self.address is not None and self.address.scheme == "tcp":
+            try:
+                with trio.fail_after(self.timeout):
+                    secret = await secret_handshake(stream, self.identity)
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            stream, peer_id = secret, secret.peer_id
+        return SignerClient(
+            stream=stream,
+            chain_id=self.chain_id,
+            version=self.version,
+            timeout=self.timeout,
+            peer_id=peer_id,
+        )
+
+    async def aclose(self) -> None:
+        """Stop listening."""
+        if self.listener is not None:
+            await self.listener.aclose()
+        if self.address is not None and self.address.scheme == "unix" and self.address.path:
+            with trio.CancelScope(shield=True):
+                if os.path.exists(self.address.path):
+                    os.unlink(self.address.path)
+
+
+@asynccontextmanager
+async def simulated_node(
+    chain_id: str, laddr: Address, version: ProtocolVersion = ProtocolVersion.V0_38
+) -> AsyncIterator[SimulatedNode]:
+    """A listening SimulatedNode, closed on exit."""
+    node = SimulatedNode(chain_id=chain_id, version=version)
+    await node.listen(laddr)
+    try:
+        yield node
+    finally:
+        await node.aclose()
