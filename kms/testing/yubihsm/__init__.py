@@ -1,0 +1,42 @@
+"""A YubiHSM 2 simulator that the real ``yubihsm`` library drives unmodified.
+
+- :class:`YubiHsmDevice`: the device (``transceive(frame) -> frame``, thread-safe).
+- :class:`SimulatorBackend`: ``yubihsm.YubiHsm(SimulatorBackend(device))`` in-process.
+- :class:`ConnectorServer`: yubihsm-connector look-alike, ``YubiHsm.connect(server.url)``.
+- :func:`fake_usb_devices`: fake pyusb bus, ``YubiHsm.connect("yhusb://")``.
+- :class:`ManualClock`: an injectable clock to expire sessions in tests.
+- ``python -m kms.testing.yubihsm`` / :func:`kms.testing.yubihsm.cli.main`: run as a process.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .backend import SimulatorBackend
+from .connector import ConnectorServer
+from .constants import DEFAULT_FIRMWARE, DEFAULT_PASSWORD, DEFAULT_SERIAL
+from .device import YubiHsmDevice
+from .sessions import ManualClock
+
+if TYPE_CHECKING:
+    from .usb import FakeUsbDevice, fake_usb_devices
+
+__all__ = [
+    "DEFAULT_FIRMWARE",
+    "DEFAULT_PASSWORD",
+    "DEFAULT_SERIAL",
+    "ConnectorServer",
+    "FakeUsbDevice",
+    "ManualClock",
+    "SimulatorBackend",
+    "YubiHsmDevice",
+    "fake_usb_devices",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The USB fake needs pyusb; import it only when asked for.
+    if name in ("FakeUsbDevice", "fake_usb_devices"):
+        return getattr(importlib.import_module(f"{__name__}.usb"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
