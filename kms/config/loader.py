@@ -1,0 +1,275 @@
+"""Loading tmkms.toml strictly: every problem is one ConfigError line naming file, section, key.
+
+Relative paths in the file (key files, state files, password files) are resolved against the
+current working directory at load time, exactly the files tmkms would open (it passes them to
+the OS unchanged); the default state file ``<chain_id>_priv_validator_state.json`` likewise.
+Loading never touches key files, state files or sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from kms.config._toml import Section, Table, describe, quote
+from kms.config.ids import chain_id
+from kms.config.model import (
+    DEFAULT_HOOK_TIMEOUT,
+    DEFAULT_VALIDATOR_TIMEOUT,
+    ChainConfig,
+    KeyFormat,
+    KmsConfig,
+    MetricsConfig,
+    SoftsignConfig,
+    StateHook,
+    ValidatorConfig,
+    YubihsmConfig,
+)
+from kms.config.providers import choice, parse_providers, section_list
+from kms.errors import ConfigError
+from kms.keys.bech32 import bech32_encode
+from kms.protocol.version import ProtocolVersion
+from kms.transport.address import parse_address
+
+CONFIG_ENV_VAR = "TMKMS_CONFIG_FILE"
+CONFIG_FILE_NAME = "tmkms.toml"
+MAX_HEIGHT_LIMIT = 2**63 - 1
+
+
+def config_path_from(arg: str | None) -> Path:
+    """The config file to use: ``-c`` if given, else ``$TMKMS_CONFIG_FILE``, else ./tmkms.toml."""
+    if arg:
+        return Path(arg)
+    env = os.environ.get(CONFIG_ENV_VAR)
+    return Path(env) if env else Path(CONFIG_FILE_NAME)
+
+
+def load_config(path: Path) -> KmsConfig:
+    """Read and validate a tmkms.toml; ConfigError (one line) on any problem."""
+    file = Path.cwd() / Path(path)
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: config file is not UTF-8 text") from exc
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: invalid TOML: {exc}") from exc
+    return config_from_dict(doc, file, Path.cwd())
+
+
+def config_from_dict(doc: dict[str, Any], file: Path, base: Path) -> KmsConfig:
+    """Validate an already-parsed TOML document; relative paths are joined to ``base``."""
+    top = Table(doc, Section(file, "top level"))
+    top.allow(["chain", "providers", "validator", "metrics"])
+    chains = _chains(section_list(top, "chain", "chain"), file, base)
+    providers_raw = doc.get("providers")
+    if providers_raw is not None and not isinstance(providers_raw, dict):
+        raise top.error("providers", f"expected a table [providers], got {describe(providers_raw)}")
+    softsign, yubihsm = parse_providers(providers_raw, file, base)
+    consensus = _check_key_owners(chains, softsign, yubihsm, file)
+    validators = tuple(
+        _validator(
+            Table(raw, _labelled(file, "validator", n, raw, "chain_id")), chains, consensus, base
+        )
+        for n, raw in enumerate(section_list(top, "validator", "validator"), 1)
+    )
+    metrics = None
+    if "metrics" in doc:
+        metrics = _metrics(doc["metrics"], top, file)
+    return KmsConfig(
+        path=file,
+        chains=tuple(chains.values()),
+        softsign=softsign,
+        yubihsm=yubihsm,
+        validators=validators,
+        metrics=metrics,
+    )
+
+
+def _labelled(file: Path, header: str, number: int, raw: dict[str, Any], key: str) -> Section:
+    label = f"[[{header}]] #{number}"
+    if isinstance(raw.get(key), str):
+        label += f" ({key} = {quote(raw[key])})"
+    return Section(file, label)
+
+
+def _chains(items: list[dict[str, Any]], file: Path, base: Path) -> dict[str, ChainConfig]:
+    chains: dict[str, ChainConfig] = {}
+    numbers: dict[str, int] = {}
+    for number, raw in enumerate(items, 1):
+        table = Table(raw, _labelled(file, "chain", number, raw, "id"))
+        table.allow(["id", "key_format", "state_file", "sign_extensions", "state_hook"])
+        cid = chain_id(table, "id")
+        if cid in chains:
+            raise table.error(
+                "id", f"duplicate chain id {quote(cid)} (also in [[chain]] #{numbers[cid]})"
+            )
+        key_format = _key_format(table.table("key_format"))
+        state_file = table.path("state_file", base, None)
+        hook = table.table("state_hook", None)
+        chains[cid] = ChainConfig(
+            id=cid,
+            key_format=key_format,
+            state_file=state_file or base / f"{cid}_priv_validator_state.json",
+            sign_extensions=table.boolean("sign_extensions", None),
+            state_hook=_state_hook(hook) if hook is not None else None,
+        )
+        numbers[cid] = number
+    return chains
+
+
+def _key_format(table: Table) -> KeyFormat:
+    kind = choice(table, "type", ("bech32", "hex", "cosmos-json"), None)
+    if kind != "bech32":
+        table.allow(["type"])
+        return KeyFormat(type=kind)
+    table.allow(["type", "account_key_prefix", "consensus_key_prefix"])
+    prefixes = []
+    for key in ("account_key_prefix", "consensus_key_prefix"):
+        prefix = table.string(key)
+        try:
+            bech32_encode(prefix, b"")
+        except ValueError as exc:
+            raise table.error(key, str(exc)) from exc
+        prefixes.append(prefix)
+    return KeyFormat(
+        type="bech32", account_key_prefix=prefixes[0], consensus_key_prefix=prefixes[1]
+    )
+
+
+def _state_hook(table: Table) -> StateHook:
+    table.allow(["cmd", "timeout_secs", "fail_closed"])
+    return StateHook(
+        cmd=table.string_list("cmd"),
+        timeout_secs=table.seconds("timeout_secs", DEFAULT_HOOK_TIMEOUT, high=3600),
+        fail_closed=table.boolean("fail_closed", False),
+    )
+
+
+def _check_key_owners(
+    chains: dict[str, ChainConfig],
+    softsign: tuple[SoftsignConfig, ...],
+    yubihsm: YubihsmConfig | None,
+    file: Path,
+) -> dict[str, str]:
+    """Keys must name known chains, one consensus and one account key per chain at most.
+
+    Returns chain ID -> the section that holds its consensus key.
+    """
+    owners: dict[tuple[str, str], str] = {}
+    entries: list[tuple[str, str, str, tuple[str, ...]]] = [
+        (f"[[providers.softsign]] #{n}", "chain_ids", s.key_type, s.chain_ids)
+        for n, s in enumerate(softsign, 1)
+    ]
+    if yubihsm is not None:
+        entries += [
+            ("[[providers.yubihsm]] #1", f"keys[{i}].chain_ids", k.type, k.chain_ids)
+            for i, k in enumerate(yubihsm.keys)
+        ]
+    for label, key, role, chain_ids in entries:
+        section = Section(file, label)
+        for index, cid in enumerate(chain_ids):
+            if cid not in chains:
+                raise section.error(f"{key}[{index}]", _unknown_chain(cid, chains))
+            if (cid, role) in owners:
+                raise section.error(
+                    f"{key}[{index}]",
+                    f"chain {quote(cid)} already has a {role} key (from {owners[cid, role]})",
+                )
+            owners[cid, role] = label
+    return {cid: label for (cid, role), label in owners.items() if role == "consensus"}
+
+
+def _unknown_chain(cid: str, chains: dict[str, ChainConfig]) -> str:
+    known = ", ".join(quote(c) for c in chains) or "none"
+    return f"unknown chain id {quote(cid)}: no [[chain]] has this id (defined: {known})"
+
+
+def _validator(
+    table: Table, chains: dict[str, ChainConfig], consensus: dict[str, str], base: Path
+) -> ValidatorConfig:
+    table.allow(
+        ["chain_id", "addr", "secret_key", "protocol_version", "reconnect", "timeout", "max_height"]
+    )
+    cid = chain_id(table, "chain_id")
+    if cid not in chains:
+        raise table.error("chain_id", _unknown_chain(cid, chains))
+    if cid not in consensus:
+        raise table.error(
+            "chain_id",
+            f"no consensus key for chain {quote(cid)}: add a [[providers.softsign]] or "
+            f"[[providers.yubihsm]] key with this chain id",
+        )
+    try:
+        addr = parse_address(table.string("addr"))
+    except ValueError as exc:
+        raise table.error("addr", str(exc)) from exc
+    secret_key = table.path("secret_key", base, None)
+    if addr.scheme == "tcp" and secret_key is None:
+        raise table.error(
+            "secret_key",
+            "missing required key: tcp:// validators need a Secret Connection identity key "
+            "(e.g. secrets/kms-identity.key from `tmkms init`)",
+        )
+    return ValidatorConfig(
+        chain_id=cid,
+        addr=addr,
+        secret_key=secret_key,
+        protocol_version=_protocol_version(table),
+        reconnect=table.boolean("reconnect", True),
+        timeout=table.seconds("timeout", DEFAULT_VALIDATOR_TIMEOUT, high=65535),
+        max_height=_max_height(table),
+    )
+
+
+def _protocol_version(table: Table) -> ProtocolVersion:
+    text = table.string("protocol_version", None)
+    if text is None:
+        return ProtocolVersion.V0_38
+    try:
+        return ProtocolVersion.parse(text)
+    except ValueError as exc:
+        expected = ", ".join(quote(v.value) for v in ProtocolVersion)
+        raise table.error(
+            "protocol_version",
+            f"unknown protocol version {quote(text)} (expected one of {expected})",
+        ) from exc
+
+
+def _max_height(table: Table) -> int | None:
+    if not table.has("max_height"):
+        return None
+    value = table.data["max_height"]
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise table.error(
+            "max_height", f'expected a quoted integer such as "{value}", got integer {value}'
+        )
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit():
+        raise table.error(
+            "max_height", f'expected a quoted integer such as "500000", got {describe(value)}'
+        )
+    height = int(value)
+    if height > MAX_HEIGHT_LIMIT:
+        raise table.error("max_height", f"{value} is out of range (at most {MAX_HEIGHT_LIMIT})")
+    return height
+
+
+def _metrics(raw: Any, top: Table, file: Path) -> MetricsConfig:
+    if not isinstance(raw, dict):
+        raise top.error("metrics", f"expected a table [metrics], got {describe(raw)}")
+    table = Table(raw, Section(file, "[metrics]"))
+    table.allow(["laddr"])
+    laddr = table.string("laddr")
+    host, colon, port = laddr.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise table.error(
+            "laddr", f"expected host:port such as 127.0.0.1:9181, got {describe(laddr)}"
+        )
+    return MetricsConfig(laddr=laddr)
