@@ -65,7 +65,8 @@ class Registry:
         if chain_id in slot:
             existing = slot[chain_id]
             raise ConfigError(
-                f"chain {chain_id!r} already has a {role} key (from {existing.provider}); "
+                f"chain {chain_id!r} already has {'an' if account else 'a'} {role} key "
+                f"(from {existing.provider}); "
                 f"only one {role} key per chain is supported"
             )
         if signer.key_type not in ("ed25519", "secp256k1"):

@@ -182,6 +182,9 @@ class ChainTracker:
                 raise self._refuse(refusal, last, req, peer)
             if new != last:
                 await self._persist(new)
+                # a request cancelled while its state was saving gets no signature: its
+                # reply could not be sent anyway (the state stays advanced, which is safe)
+                await trio.lowlevel.checkpoint_if_cancelled()
             elif req.kind == "vote" and self._last_vote is not None:
                 cached_state, cached = self._last_vote
                 if cached_state == new:

@@ -1,0 +1,322 @@
+"""The tmkms state file: exact bytes, tolerant reads, refusals, and durable writes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kms.chain import store as store_module
+from kms.chain.state import BlockRef, SignState
+from kms.chain.store import StateFile, format_state, parse_state
+from kms.errors import StateError
+
+HASH = bytes.fromhex("26C0A41F3243C6BCD7AD2DFF8A8D83A71D29D307B5326C227F734A1A512FE47D")
+PARTS = bytes.fromhex("72DB3D959635DFF1BB567BEDAA70573392C5159666A3F8CAF11E413AAC52207A")
+BLOCK = BlockRef(HASH, 1, PARTS)
+STATE = SignState(3399910, 1, 2, BLOCK)
+
+INITIAL_JSON = (
+    '{"height":"0","round":"0","step":0,"block_id":{"hash":"","parts":{"total":0,"hash":""}}}'
+)
+STATE_JSON = (
+    '{"height":"3399910","round":"1","step":2,"block_id":{"hash":'
+    '"26C0A41F3243C6BCD7AD2DFF8A8D83A71D29D307B5326C227F734A1A512FE47D","parts":{"total":1,'
+    '"hash":"72DB3D959635DFF1BB567BEDAA70573392C5159666A3F8CAF11E413AAC52207A"}}}'
+)
+
+
+# ---------------------------------------------------------------- format
+
+
+def test_format_is_byte_exact_tmkms(tmp_path: Path) -> None:
+    state_file = StateFile(tmp_path / "chain_priv_validator_state.json")
+    state_file.save(STATE)
+    assert state_file.path.read_text() == STATE_JSON
+    state_file.save(SignState.INITIAL)
+    assert state_file.path.read_text() == INITIAL_JSON
+
+
+def test_missing_file_is_created_at_height_zero(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    assert StateFile(path).load() == SignState.INITIAL
+    assert path.read_text() == INITIAL_JSON
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_written_file_is_0600_even_over_a_0644_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(INITIAL_JSON)
+    path.chmod(0o644)
+    StateFile(path).save(STATE)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_round_trip_through_disk(tmp_path: Path) -> None:
+    state_file = StateFile(tmp_path / "s.json")
+    for state in (STATE, SignState(7, 0, 1), SignState(2**63 - 1, 2**31 - 1, 0, BLOCK)):
+        state_file.save(state)
+        assert StateFile(state_file.path).load() == state
+
+
+hashes = st.one_of(st.just(b""), st.binary(min_size=32, max_size=32))
+any_state = st.builds(
+    SignState,
+    height=st.integers(0, 2**63 - 1),
+    round=st.integers(0, 2**31 - 1),
+    step=st.integers(0, 2),
+    block=st.builds(
+        BlockRef, hash=hashes, parts_total=st.integers(0, 2**32 - 1), parts_hash=hashes
+    ),
+)
+
+
+@given(any_state)
+def test_format_parse_round_trip(state: SignState) -> None:
+    assert parse_state(format_state(state)) == state
+
+
+def test_no_temp_files_left_behind(tmp_path: Path) -> None:
+    state_file = StateFile(tmp_path / "s.json")
+    for height in range(20):
+        state_file.save(SignState(height, 0, 0))
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+# ---------------------------------------------------------------- tolerant reads
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '{"height":"5","round":"1","step":1,"block_id":null}',
+            SignState(5, 1, 1, BlockRef.NIL),
+        ),
+        (
+            # tendermint-rs' own test input: part_set_header, total as a string, pretty-printed
+            '{\n "height": "5",\n "round": "1",\n "step": 2,\n "block_id": {\n  "hash": "'
+            + HASH.hex().upper()
+            + '",\n  "part_set_header": {"total": "1", "hash": "'
+            + PARTS.hex().upper()
+            + '"}\n }\n}\n',
+            SignState(5, 1, 2, BLOCK),
+        ),
+        (
+            # lower-case hex, extra keys are ignored
+            '{"height":"9","round":"0","step":0,"extra":true,"block_id":{"hash":"'
+            + HASH.hex()
+            + '","parts":{"total":1,"hash":"'
+            + PARTS.hex()
+            + '"}}}',
+            SignState(9, 0, 0, BLOCK),
+        ),
+        (
+            '{"height":"9","round":"0","step":0,"block_id":{"hash":null,"parts":{"total":0,"hash":null}}}',
+            SignState(9, 0, 0, BlockRef.NIL),
+        ),
+    ],
+    ids=[
+        "null-block-id",
+        "part-set-header-and-string-total",
+        "lowercase-extra-keys",
+        "null-hashes",
+    ],
+)
+def test_tolerant_reads(tmp_path: Path, text: str, expected: SignState) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(text)
+    assert StateFile(path).load() == expected
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def _with_block(block_id: str) -> str:
+    return '{"height":"1","round":"0","step":0,"block_id":' + block_id + "}"
+
+
+BAD_FILES = {
+    "empty": "",
+    "whitespace": "  \n",
+    "not-json": "hello",
+    "list": "[]",
+    "nan-step": '{"height":"1","round":"0","step":NaN,"block_id":null}',
+    "height-int": '{"height":1,"round":"0","step":0,"block_id":null}',
+    "height-negative": '{"height":"-1","round":"0","step":0,"block_id":null}',
+    "height-spaces": '{"height":" 1","round":"0","step":0,"block_id":null}',
+    "height-underscore": '{"height":"1_0","round":"0","step":0,"block_id":null}',
+    "height-unicode-digit": '{"height":"\\u0661","round":"0","step":0,"block_id":null}',
+    "height-too-big": '{"height":"9223372036854775808","round":"0","step":0,"block_id":null}',
+    "round-int": '{"height":"1","round":0,"step":0,"block_id":null}',
+    "round-too-big": '{"height":"1","round":"2147483648","step":0,"block_id":null}',
+    "step-string": '{"height":"1","round":"0","step":"0","block_id":null}',
+    "step-bool": '{"height":"1","round":"0","step":true,"block_id":null}',
+    "step-3": '{"height":"1","round":"0","step":3,"block_id":null}',
+    "step-negative": '{"height":"1","round":"0","step":-1,"block_id":null}',
+    "missing-height": '{"round":"0","step":0,"block_id":null}',
+    "missing-block-id": '{"height":"1","round":"0","step":0}',
+    "block-id-string": '{"height":"1","round":"0","step":0,"block_id":"AB"}',
+    "parts-missing": _with_block('{"hash":"AB"}'),
+    "parts-null": _with_block('{"hash":"AB","parts":null}'),
+    "hash-missing": _with_block('{"parts":{"total":0,"hash":""}}'),
+    "hash-not-hex": _with_block('{"hash":"XY","parts":{"total":0,"hash":""}}'),
+    "hash-odd": _with_block('{"hash":"ABC","parts":{"total":0,"hash":""}}'),
+    "hash-spaces": _with_block('{"hash":"AB CD","parts":{"total":0,"hash":""}}'),
+    "parts-hash-not-hex": _with_block('{"hash":"","parts":{"total":0,"hash":"G0"}}'),
+    "total-negative": _with_block('{"hash":"","parts":{"total":-1,"hash":""}}'),
+    "total-float": _with_block('{"hash":"","parts":{"total":1.0,"hash":""}}'),
+    "total-huge": _with_block('{"hash":"","parts":{"total":4294967296,"hash":""}}'),
+    "total-bad-string": _with_block('{"hash":"","parts":{"total":"x","hash":""}}'),
+    "cometbft-format": '{"height":"5","round":0,"step":3,"signature":"","signbytes":""}',
+}
+
+
+@pytest.mark.parametrize("text", list(BAD_FILES.values()), ids=list(BAD_FILES))
+def test_bad_files_stop_startup_naming_the_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "cosmoshub-4_priv_validator_state.json"
+    path.write_text(text)
+    with pytest.raises(StateError, match=r"cosmoshub-4_priv_validator_state\.json"):
+        StateFile(path).load()
+    assert path.read_text() == text  # never "repaired" behind the operator's back
+
+
+def test_every_truncation_of_a_valid_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    for length in range(len(STATE_JSON)):
+        path.write_text(STATE_JSON[:length])
+        with pytest.raises(StateError, match=r"s\.json"):
+            StateFile(path).load()
+
+
+def test_invalid_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_bytes(b'{"height":"\xff"}')
+    with pytest.raises(StateError, match=r"s\.json"):
+        StateFile(path).load()
+
+
+def test_unreadable_path_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(StateError, match=r"dir\.json"):
+        StateFile(tmp_path / "dir.json").load()
+
+
+# ---------------------------------------------------------------- durability and failed writes
+
+
+def _record_io(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    events: list[tuple[str, Any]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        mode = os.fstat(fd).st_mode
+        kind = "dir" if stat.S_ISDIR(mode) else "file"
+        events.append((f"fsync-{kind}", os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append(("replace", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def test_save_fsyncs_file_then_renames_then_fsyncs_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _record_io(monkeypatch)
+    path = tmp_path / "s.json"
+    StateFile(path).save(STATE)
+    assert [name for name, _ in events] == ["fsync-file", "replace", "fsync-dir"]
+    file_inode = path.stat().st_ino
+    assert events[0][1] == events[1][1] == file_inode  # the renamed file is the synced one
+    assert events[2][1] == tmp_path.stat().st_ino  # and the folder holding it
+
+
+def test_creating_a_missing_file_is_durable_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = _record_io(monkeypatch)
+    StateFile(tmp_path / "s.json").load()
+    assert [name for name, _ in events] == ["fsync-file", "replace", "fsync-dir"]
+
+
+def _fail(exc_errno: int) -> Any:
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(exc_errno, os.strerror(exc_errno))
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    ("name", "err"),
+    [
+        ("fsync", errno.EIO),
+        ("replace", errno.EROFS),
+        ("write", errno.ENOSPC),
+        ("open", errno.EACCES),
+    ],
+)
+def test_failed_write_keeps_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, err: int
+) -> None:
+    path = tmp_path / "s.json"
+    state_file = StateFile(path)
+    state_file.save(SignState.INITIAL)
+    monkeypatch.setattr(store_module.os, name, _fail(err))
+    with pytest.raises(StateError, match=r"s\.json") as info:
+        state_file.save(STATE)
+    monkeypatch.undo()
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == err
+    assert path.read_text() == INITIAL_JSON
+    assert state_file.load() == SignState.INITIAL
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]  # temp file cleaned up
+
+
+def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = os.write
+
+    def one_byte(fd: int, data: Any) -> int:
+        return real_write(fd, bytes(data[:1]))
+
+    monkeypatch.setattr(store_module.os, "write", one_byte)
+    StateFile(tmp_path / "s.json").save(STATE)
+    monkeypatch.undo()
+    assert (tmp_path / "s.json").read_text() == STATE_JSON
+
+
+def test_folder_fsync_failure_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_module.os, "fsync", fsync)
+    with pytest.raises(StateError, match="folder"):
+        StateFile(tmp_path / "s.json").save(STATE)
+
+
+def test_parent_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("x")
+    state_file = StateFile(tmp_path / "blocker" / "s.json")
+    with pytest.raises(StateError, match="blocker"):
+        state_file.save(STATE)
+    with pytest.raises(StateError, match="blocker"):
+        state_file.load()
+
+
+def test_missing_folder_on_first_load(tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="nowhere"):
+        StateFile(tmp_path / "nowhere" / "s.json").load()
