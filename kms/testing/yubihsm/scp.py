@@ -108,6 +108,8 @@ def pad(data: bytes) -> bytes:
 
 def unpad(data: bytes) -> bytes:
     """Strip method-2 padding; PaddingError if it is malformed."""
+    if not data or len(data) % BLOCK:
+        raise PaddingError("session payload is not a whole number of blocks")
     stripped = data.rstrip(b"\x00")
     if not stripped.endswith(b"\x80") or len(data) - len(stripped) >= BLOCK:
         raise PaddingError("bad session padding")
