@@ -150,6 +150,16 @@ async def test_load_refuses_a_corrupt_file(tmp_path: Path) -> None:
             await ChainTracker.load(CHAIN, StateFile(path), CountingSigner())
 
 
+def test_sign_request_kind_and_step_must_agree() -> None:
+    with pytest.raises(ValueError, match="proposal cannot be at step 1"):
+        SignRequest("proposal", 1, 0, 1, NIL, b"m", (0, 0))
+    with pytest.raises(ValueError, match="vote cannot be at step 0"):
+        SignRequest("vote", 1, 0, 0, NIL, b"m", (0, 0))
+    with pytest.raises(ValueError, match="kind"):
+        SignRequest("commit", 1, 0, 1, NIL, b"m", (0, 0))  # type: ignore[arg-type]
+    assert SignRequest("vote", 1, 2, 2, A, b"m", (0, 0)).state == SignState(1, 2, 2, A)
+
+
 # ---------------------------------------------------------------- refusals
 
 
