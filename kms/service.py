@@ -70,7 +70,7 @@ class Service:
         supervised = [self._session(v) for v in self.config.validators]
         async with trio.open_nursery() as nursery:
             for each in supervised:
-                nursery.start_soon(self._supervise, each)
+                nursery.start_soon(supervise, each.session, each.backoff, each.reconnect)
             task_status.started()
 
     def _session(self, validator: ValidatorConfig) -> _Supervised:
@@ -105,26 +105,26 @@ class Service:
         )
         return _Supervised(session=session, backoff=backoff, reconnect=validator.reconnect)
 
-    async def _supervise(self, supervised: _Supervised) -> None:
-        session = supervised.session
-        while True:
-            try:
-                await session.run()
-            except (KmsError, OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-                log.error("%s %s", session.prefix, describe_error(exc))
-            except Exception as exc:  # one validator's bug must not take the others down
-                log.exception("%s unexpected error: %s", session.prefix, describe_error(exc))
-            if not supervised.reconnect:
-                log.info("%s reconnect = false; not dialling again", session.prefix)
-                return
-            await trio.sleep(supervised.backoff.next_delay())
-
-
 @attrs.define
 class _Supervised:
     session: Session
     backoff: Backoff
     reconnect: bool
+
+
+async def supervise(session: Session, backoff: Backoff, reconnect: bool) -> None:
+    """Run ``session`` again and again, logging each failure and sleeping ``backoff``."""
+    while True:
+        try:
+            await session.run()
+        except (KmsError, OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            log.error("%s %s", session.prefix, describe_error(exc))
+        except Exception as exc:  # one validator's bug must not take the others down
+            log.exception("%s unexpected error: %s", session.prefix, describe_error(exc))
+        if not reconnect:
+            log.info("%s reconnect = false; not dialling again", session.prefix)
+            return
+        await trio.sleep(backoff.next_delay())
 
 
 def _max_height(config: KmsConfig, chain: ChainConfig) -> int | None:

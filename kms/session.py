@@ -14,7 +14,7 @@ import attrs
 import trio
 from nacl.signing import SigningKey
 
-from kms.errors import ProtocolError
+from kms.errors import KmsError, ProtocolError
 from kms.handler import RequestHandler
 from kms.protocol.codec import decode_request, encode_response
 from kms.protocol.framing import FrameDecoder, frame
@@ -30,7 +30,7 @@ conn_log = logging.getLogger("kms.connection")
 RECEIVE_SIZE = 65536
 
 
-class ConnectionClosed(Exception):
+class ConnectionClosed(KmsError):
     """The validator closed the connection cleanly."""
 
 
@@ -81,7 +81,7 @@ class Session:
                     data = await stream.receive_some(RECEIVE_SIZE)
                 if not data:
                     raise ConnectionClosed("validator closed the connection")
-                decoder.feed(data)
+                decoder.feed(bytes(data))
                 continue
             request = decode_request(payload, self.version)
             # A request that arrived is answered even during shutdown: the state write is

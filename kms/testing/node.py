@@ -64,7 +64,7 @@ class SignerClient:
                     data = await self.stream.receive_some(65536)
                 if not data:
                     raise trio.BrokenResourceError("signer closed the connection")
-                self._decoder.feed(data)
+                self._decoder.feed(bytes(data))
             return decode_response(payload, self.version)
 
     async def pub_key(self) -> PublicKey:
