@@ -20,6 +20,7 @@ from kms.config.model import (
     YubihsmConfig,
     YubihsmKeyConfig,
 )
+from kms.logs import register_secret
 from kms.transport.address import parse_address
 
 UNSUPPORTED_PROVIDERS = {
@@ -132,6 +133,8 @@ def _auth(table: Table, base: Path) -> YubihsmAuth:
     key = table.integer("key", **_OBJECT_ID)
     password = table.string("password", None, nonempty=False)
     password_file = table.path("password_file", base, None)
+    if password:
+        register_secret(password)
     if (password is None) == (password_file is None):
         raise table.error(
             "password_file" if password is None else "password",

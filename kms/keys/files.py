@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from kms.errors import KeyFileError
+from kms.logs import register_secret
 
 SECRET_FILE_MODE = 0o600
 SECRET_DIR_MODE = 0o700
@@ -38,11 +39,14 @@ def decode_base64_secret(text: str, path: Path) -> bytes:
         raise KeyFileError(f"{path}: key file is empty")
     if any(c.isspace() for c in text):
         raise KeyFileError(f"{path}: key file must hold a single line of base64")
+    register_secret(text)
     padded = text + "=" * (-len(text) % 4)
     try:
-        return base64.b64decode(padded, validate=True)
+        secret = base64.b64decode(padded, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise KeyFileError(f"{path}: key file is not valid base64") from exc
+    register_secret(secret)
+    return secret
 
 
 def read_base64_secret(path: Path) -> bytes:
@@ -77,6 +81,7 @@ def write_secret_file(path: Path, data: bytes, *, overwrite: bool = False) -> No
     Parent directories that do not exist are created with mode 0700.
     """
     path = Path(path)
+    register_secret(data)
     ensure_private_dir(path.parent)
     if not overwrite:
         try:

@@ -22,6 +22,7 @@ from kms.errors import KeyFileError
 from kms.keys.display import validator_address
 from kms.keys.files import read_secret_text
 from kms.keys.secp256k1 import check_secp256k1_scalar, secp256k1_public_key
+from kms.logs import register_secret
 
 ED25519_PUB_TYPE = "tendermint/PubKeyEd25519"
 ED25519_PRIV_TYPE = "tendermint/PrivKeyEd25519"
@@ -108,10 +109,15 @@ def _typed_value(doc: dict[str, Any], field: str, source: Path | str) -> tuple[s
     kind, value = entry.get("type"), entry.get("value")
     if not isinstance(kind, str) or not isinstance(value, str):
         raise KeyFileError(f"{source}: {field} needs string 'type' and 'value'")
+    if field == "priv_key":
+        register_secret(value)
     try:
-        return kind, base64.b64decode(value, validate=True)
+        decoded = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise KeyFileError(f"{source}: {field}.value is not valid base64") from exc
+    if field == "priv_key":
+        register_secret(decoded)
+    return kind, decoded
 
 
 def _check_address(doc: dict[str, Any], public: bytes, source: Path | str) -> None:
