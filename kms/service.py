@@ -105,6 +105,7 @@ class Service:
         )
         return _Supervised(session=session, backoff=backoff, reconnect=validator.reconnect)
 
+
 @attrs.define
 class _Supervised:
     session: Session

@@ -91,7 +91,9 @@ class ConsensusDriver:
             reply = await self.client.sign_proposal(make_proposal(height, round_, block_id))
             if reply.error is not None or reply.proposal is None:
                 raise ProtocolError(f"proposal refused: {reply.error}")
-            self._verify(proposal_sign_bytes(chain_id, reply.proposal), reply.proposal.signature, "proposal")
+            self._verify(
+                proposal_sign_bytes(chain_id, reply.proposal), reply.proposal.signature, "proposal"
+            )
         for msg_type in (SignedMsgType.PREVOTE, SignedMsgType.PRECOMMIT):
             vote = make_vote(msg_type, height, round_, block_id, extension=b"ext")
             reply_vote = await self.client.sign_vote(vote)

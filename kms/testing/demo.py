@@ -43,7 +43,8 @@ def write_demo_home(home: Path, node_addr: Address) -> Path:
         f"""# tmkms demo configuration (generated)
 [[chain]]
 id = "{CHAIN_ID}"
-key_format = {{ type = "bech32", account_key_prefix = "cosmospub", consensus_key_prefix = "cosmosvalconspub" }}
+key_format = {{ type = "bech32", account_key_prefix = "cosmospub", \
+consensus_key_prefix = "cosmosvalconspub" }}
 state_file = "{home}/state/{CHAIN_ID}-consensus.json"
 
 [[providers.softsign]]
@@ -95,7 +96,8 @@ async def _demo(home: Path) -> int:
             if reply.error is None:
                 say("the KMS signed a conflicting vote: this must never happen")
                 return 1
-            say(f"refused as expected: RemoteSignerError {reply.error.code}: {reply.error.description}")
+            error = reply.error
+            say(f"refused as expected: RemoteSignerError {error.code}: {error.description}")
             await client.ping()
             say("connection still up after the refusal (ping answered)")
             await client.aclose()

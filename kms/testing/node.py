@@ -7,6 +7,7 @@ the node's own 5 s read/write timeouts. Used by the tests, the benchmarks and `t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -74,7 +75,9 @@ class SignerClient:
             raise ProtocolError(f"bad reply to PubKeyRequest: {response!r}")
         return response.pub_key
 
-    async def sign_vote(self, vote: Vote, *, skip_extension_signing: bool = False) -> SignedVoteResponse:
+    async def sign_vote(
+        self, vote: Vote, *, skip_extension_signing: bool = False
+    ) -> SignedVoteResponse:
         """Ask for a vote signature."""
         response = await self.request(
             SignVoteRequest(
@@ -87,7 +90,9 @@ class SignerClient:
 
     async def sign_proposal(self, proposal: Proposal) -> SignedProposalResponse:
         """Ask for a proposal signature."""
-        response = await self.request(SignProposalRequest(proposal=proposal, chain_id=self.chain_id))
+        response = await self.request(
+            SignProposalRequest(proposal=proposal, chain_id=self.chain_id)
+        )
         if not isinstance(response, SignedProposalResponse):
             raise ProtocolError(f"bad reply to SignProposalRequest: {response!r}")
         return response
@@ -126,8 +131,7 @@ class SimulatedNode:
         if laddr.scheme == "unix":
             assert laddr.path is not None
             sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            if os.path.exists(laddr.path):
-                os.unlink(laddr.path)
+            _remove_socket_file(laddr.path)
             await sock.bind(laddr.path)
             sock.listen(16)
             self.listener = trio.SocketListener(sock)
@@ -167,9 +171,13 @@ class SimulatedNode:
         if self.listener is not None:
             await self.listener.aclose()
         if self.address is not None and self.address.scheme == "unix" and self.address.path:
-            with trio.CancelScope(shield=True):
-                if os.path.exists(self.address.path):
-                    os.unlink(self.address.path)
+            _remove_socket_file(self.address.path)
+
+
+def _remove_socket_file(path: str) -> None:
+    """Remove a stale unix socket file, as a node does before binding."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 @asynccontextmanager
