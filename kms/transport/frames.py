@@ -78,7 +78,7 @@ class FrameSealer(_Direction):
 class FrameOpener(_Direction):
     """Opens incoming 1,044-byte frames under the receive key."""
 
-    def open(self, sealed: bytes) -> bytes:
+    def open(self, sealed: bytes | memoryview) -> bytes:
         """Authenticate and decrypt one frame; return its data bytes (never the padding).
 
         Raises ProtocolError when the tag does not verify or the length field exceeds 1,024.

@@ -40,7 +40,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from kms.errors import HandshakeError, KmsError, ProtocolError
 from kms.protocol.varint import IncompleteVarint, decode_uvarint
-from kms.transport.frames import SEALED_FRAME_SIZE, FrameOpener, FrameSealer
+from kms.transport.frames import DATA_MAX, SEALED_FRAME_SIZE, FrameOpener, FrameSealer
 from kms.transport.merlin import Transcript
 
 TRANSCRIPT_LABEL = b"TENDERMINT_SECRET_CONNECTION_TRANSCRIPT_HASH"
@@ -244,8 +244,9 @@ class SecretConnection:
     def data_to_send(self) -> bytes:
         """Return (and forget) every byte produced for the peer so far."""
         self._check_usable()
-        out = b"".join(self._outbound)
-        self._outbound.clear()
+        outbound = self._outbound
+        out = outbound[0] if len(outbound) == 1 else b"".join(outbound)
+        outbound.clear()
         return out
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
@@ -259,7 +260,10 @@ class SecretConnection:
             raise RuntimeError("secret connection: receive_data() after receive_eof()")
         self._inbound += data
         try:
-            self._advance()
+            if self._phase is Phase.OPEN:
+                self._open_frames()
+            else:
+                self._advance()
         except HandshakeError as exc:
             self._fail(exc)
             raise
@@ -294,8 +298,13 @@ class SecretConnection:
         self._check_usable()
         if self._phase is not Phase.OPEN or self._sealer is None:
             raise RuntimeError("secret connection: send() before the handshake completed")
+        data = bytes(data)
         try:
-            self._outbound.extend(self._sealer.seal_all(bytes(data)))
+            if len(data) <= DATA_MAX:
+                if data:
+                    self._outbound.append(self._sealer.seal(data))
+            else:
+                self._outbound.extend(self._sealer.seal_all(data))
         except ProtocolError as exc:
             self._fail(exc)
             raise
@@ -368,16 +377,14 @@ class SecretConnection:
         self._phase = Phase.AWAIT_AUTH
 
     def _open_frames(self) -> None:
-        inbound = self._inbound
-        count = len(inbound) // SEALED_FRAME_SIZE
-        if count == 0 or self._opener is None:
+        inbound, opener = self._inbound, self._opener
+        usable = len(inbound) - len(inbound) % SEALED_FRAME_SIZE
+        if not usable or opener is None:
             return
-        opened = [
-            self._opener.open(bytes(inbound[i : i + SEALED_FRAME_SIZE]))
-            for i in range(0, count * SEALED_FRAME_SIZE, SEALED_FRAME_SIZE)
-        ]
-        del inbound[: count * SEALED_FRAME_SIZE]
-        self._plaintext += b"".join(opened)
+        with memoryview(inbound) as view:
+            for start in range(0, usable, SEALED_FRAME_SIZE):
+                self._plaintext += opener.open(view[start : start + SEALED_FRAME_SIZE])
+        del inbound[:usable]
 
     def _on_peer_auth(self, body: bytes) -> None:
         if not (body.startswith(_AUTH_KEY_PREFIX) and body[36:38] == _AUTH_SIG_PREFIX):
