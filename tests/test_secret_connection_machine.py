@@ -302,7 +302,8 @@ def test_frame_length_over_1024_is_refused() -> None:
     bogus = (1025).to_bytes(4, "little") + bytes(1024)
     with pytest.raises(ProtocolError, match="length field 1025 exceeds 1024"):
         b.receive_data(peer.raw_frame(bogus))
-    del a
+    assert b.phase is Phase.BROKEN and not b.handshake_complete
+    assert b.peer_id == a.local_id  # still known after the error, for the logs
 
 
 def test_padding_bytes_are_never_used() -> None:

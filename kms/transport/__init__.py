@@ -1,0 +1,1 @@
+"""Transport layer: addresses, dialling, and Secret Connection (sans-IO machine + trio stream)."""
