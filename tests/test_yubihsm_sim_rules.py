@@ -6,6 +6,7 @@ import itertools
 import os
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -342,3 +343,23 @@ def test_state_file_survives_a_restart(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a YubiHSM simulator state"):
         path.write_text("{}")
         YubiHsmDevice(state_path=path)
+
+
+def test_sign_delay_is_spent_holding_the_device_lock(device: YubiHsmDevice) -> None:
+    slow = YubiHsmDevice(sign_delay=0.05)
+    sessions = [login(slow) for _ in range(2)]
+    AsymmetricKey.generate(sessions[0], 3, "", 1, SIGN, ED)
+    started = time.monotonic()
+    threads = [
+        threading.Thread(target=AsymmetricKey(s, 3).sign_eddsa, args=(b"m",)) for s in sessions
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert time.monotonic() - started >= 0.1  # one device, one signature at a time
+
+
+def test_firmware_from_2_4_is_refused() -> None:
+    with pytest.raises(ValueError, match="not simulated"):
+        YubiHsmDevice(firmware=(2, 4, 0))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -89,6 +91,28 @@ async def test_connect_url_and_connection_loss() -> None:
         assert len(await blocking(lambda: session.get_pseudo_random(4))) == 4
     finally:
         server.stop()
+
+
+async def test_http_round_trips_are_not_delayed_by_nagle() -> None:
+    device = YubiHsmDevice()
+    with ConnectorServer(device) as server:
+
+        def median_sign_seconds() -> float:
+            hsm = YubiHsm.connect(server.url)
+            session = hsm.create_session_derived(1, "password")
+            key = AsymmetricKey.generate(
+                session, 1, "", 1, CAPABILITY.SIGN_EDDSA, ALGORITHM.EC_ED25519
+            )
+            times = []
+            for _ in range(15):
+                started = time.perf_counter()
+                key.sign_eddsa(b"latency")
+                times.append(time.perf_counter() - started)
+            hsm.close()
+            return statistics.median(times)
+
+        # Nagle + delayed ACK would cost ~40 ms per request; a local round trip is ~1 ms.
+        assert await blocking(median_sign_seconds) < 0.02
 
 
 # -- fake USB --------------------------------------------------------------------------

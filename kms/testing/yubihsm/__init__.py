@@ -13,14 +13,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .backend import SimulatorBackend
 from .connector import ConnectorServer
 from .constants import DEFAULT_FIRMWARE, DEFAULT_PASSWORD, DEFAULT_SERIAL
 from .device import YubiHsmDevice
 from .sessions import ManualClock
 
 if TYPE_CHECKING:
+    from .backend import SimulatorBackend
     from .usb import FakeUsbDevice, fake_usb_devices
+
+#: Names whose modules need the optional ``yubihsm`` / ``pyusb`` packages: imported lazily.
+_LAZY = {
+    "SimulatorBackend": "backend",
+    "FakeUsbDevice": "usb",
+    "fake_usb_devices": "usb",
+}
 
 __all__ = [
     "DEFAULT_FIRMWARE",
@@ -36,7 +43,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The USB fake needs pyusb; import it only when asked for.
-    if name in ("FakeUsbDevice", "fake_usb_devices"):
-        return getattr(importlib.import_module(f"{__name__}.usb"), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

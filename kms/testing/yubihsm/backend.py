@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from yubihsm.backends import YhsmBackend
+
 from .device import YubiHsmDevice
 
 
@@ -9,8 +11,8 @@ class BackendClosedError(RuntimeError):
     """transceive() on a closed SimulatorBackend."""
 
 
-class SimulatorBackend:
-    """Duck-typed ``yubihsm.backends.YhsmBackend``: ``transceive(bytes) -> bytes`` and ``close()``.
+class SimulatorBackend(YhsmBackend):
+    """A ``yubihsm.backends.YhsmBackend`` that talks to an in-process simulated device.
 
     ``frames`` counts the frames exchanged (handy for asserting re-authentication).
     """

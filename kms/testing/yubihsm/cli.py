@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--laddr", default=DEFAULT_LADDR, help="listen address (port 0: any)")
     parser.add_argument("--serial", type=int, default=None, help="device serial number")
     parser.add_argument("--state", default=None, help="JSON file keeping objects across restarts")
+    parser.add_argument(
+        "--sign-delay-ms",
+        type=float,
+        default=0.0,
+        help="make every signature take this long, like hardware (~100 ms)",
+    )
     return parser
 
 
@@ -46,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         host, port = parse_laddr(args.laddr)
-        device = YubiHsmDevice(args.serial, state_path=args.state)
+        device = YubiHsmDevice(
+            args.serial, state_path=args.state, sign_delay=args.sign_delay_ms / 1000
+        )
         server = ConnectorServer(device, host, port).start()
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

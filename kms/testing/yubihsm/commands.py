@@ -141,7 +141,7 @@ def execute(state: DeviceState, session: Session, inner: bytes) -> tuple[bytes, 
     """
     command, length = (inner[0], int.from_bytes(inner[1:3], "big")) if len(inner) >= 3 else (0, 0)
     payload = inner[3:]
-    call = Call(state, session, payload)
+    call = Call(state, session, payload, command)
     try:
         if len(inner) < 3 or length != len(payload):
             raise DeviceError(Err.WRONG_LENGTH)

@@ -58,6 +58,7 @@ class _Server6(_Server):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # header and body go out in separate writes
     server: _Server
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:

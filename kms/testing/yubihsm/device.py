@@ -33,6 +33,7 @@ from .state import DeviceState
 
 CREATE_SESSION_REQUEST = struct.Struct(">H8s")
 CHALLENGE_LENGTH = 8
+SIGN_COMMANDS = frozenset({Cmd.SIGN_EDDSA, Cmd.SIGN_ECDSA})
 #: A plain command handler: returns (auth key id for the audit log, reply body).
 _PlainHandler = Callable[[bytes], tuple[int, bytes]]
 
@@ -41,7 +42,9 @@ class YubiHsmDevice:
     """A YubiHSM 2 (firmware 2.3.1 by default) driven through :meth:`transceive`.
 
     ``clock`` (seconds, monotonic) and ``random_bytes`` are injectable so tests can expire
-    sessions and reproduce challenges; ``state_path`` makes flash survive restarts.
+    sessions and reproduce challenges; ``state_path`` makes flash survive restarts;
+    ``sign_delay`` (real seconds, spent holding the device lock) makes SIGN_EDDSA and
+    SIGN_ECDSA as slow as hardware for throughput experiments.
     """
 
     def __init__(
@@ -52,8 +55,13 @@ class YubiHsmDevice:
         clock: Clock = time.monotonic,
         random_bytes: RandomSource = os.urandom,
         state_path: str | os.PathLike[str] | None = None,
+        sign_delay: float = 0.0,
     ) -> None:
+        if firmware >= (2, 4, 0):
+            # 2.4+ clients fetch DEVICE_INFO page 1 and use 3136-byte frames: not simulated.
+            raise ValueError(f"firmware {firmware} is not simulated (use a 2.x below 2.4)")
         self._lock = threading.Lock()
+        self.sign_delay = sign_delay
         self.state_path = Path(state_path) if state_path is not None else None
         saved = load_state(self.state_path) if self.state_path is not None else None
         if serial is None:
@@ -201,6 +209,8 @@ class YubiHsmDevice:
             sessions.close(session.sid)
             raise
         reply, call = execute(self.state, session, inner)
+        if self.sign_delay and call.command in SIGN_COMMANDS:
+            time.sleep(self.sign_delay)
         outer = session.wrap(reply, chain, iv)
         if call.after is not None:
             call.after()

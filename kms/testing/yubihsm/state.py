@@ -73,6 +73,7 @@ class Call:
     state: DeviceState
     session: Session
     payload: bytes
+    command: int = 0
     target: int = NO_KEY
     second: int = NO_KEY
     #: Runs after the reply has been encrypted (CLOSE_SESSION, RESET_DEVICE).
