@@ -33,6 +33,8 @@ from kms.keys.files import (
 from kms.keys.privval_json import (
     PrivValidatorKey,
     format_priv_validator_key_json,
+    parse_priv_validator_key,
+    public_key_json,
     read_priv_validator_key,
     read_priv_validator_key_json,
 )
@@ -58,6 +60,8 @@ __all__ = [
     "load_ed25519_key",
     "load_secp256k1_key",
     "node_id",
+    "parse_priv_validator_key",
+    "public_key_json",
     "read_base64_secret",
     "read_priv_validator_key",
     "read_priv_validator_key_json",

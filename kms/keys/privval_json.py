@@ -91,12 +91,17 @@ def read_priv_validator_key_json(path: Path) -> SigningKey:
     return SigningKey(key.secret)
 
 
+def public_key_json(public_key: bytes) -> dict[str, str]:
+    """The Amino-JSON form of an Ed25519 public key: ``{"type": ..., "value": b64}``."""
+    return {"type": ED25519_PUB_TYPE, "value": base64.b64encode(public_key).decode()}
+
+
 def format_priv_validator_key_json(seed: bytes) -> str:
     """The priv_validator_key.json text CometBFT would write for an Ed25519 ``seed``."""
     public = bytes(SigningKey(seed).verify_key)
     doc = {
         "address": validator_address(public),
-        "pub_key": {"type": ED25519_PUB_TYPE, "value": base64.b64encode(public).decode()},
+        "pub_key": public_key_json(public),
         "priv_key": {"type": ED25519_PRIV_TYPE, "value": base64.b64encode(seed + public).decode()},
     }
     return json.dumps(doc, indent=2) + "\n"
