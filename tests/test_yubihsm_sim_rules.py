@@ -340,8 +340,11 @@ def test_state_file_survives_a_restart(tmp_path: Path) -> None:
     assert again.get_force_audit() == AUDIT.ON
     assert AsymmetricKey.generate(again, 4, "", 1, SIGN, ED).get_info().sequence == 1
     assert {o.id for o in again.list_objects()} == {1, 3, 4}
+    path.write_text("{}")
     with pytest.raises(ValueError, match="not a YubiHSM simulator state"):
-        path.write_text("{}")
+        YubiHsmDevice(state_path=path)
+    path.write_text('{"format": "kms-yubihsm-simulator", "version": 1, "serial": 5}')
+    with pytest.raises(ValueError, match="unusable simulator state"):
         YubiHsmDevice(state_path=path)
 
 

@@ -5,7 +5,7 @@
 - :class:`ConnectorServer`: yubihsm-connector look-alike, ``YubiHsm.connect(server.url)``.
 - :func:`fake_usb_devices`: fake pyusb bus, ``YubiHsm.connect("yhusb://")``.
 - :class:`ManualClock`: an injectable clock to expire sessions in tests.
-- ``python -m kms.testing.yubihsm`` / :func:`kms.testing.yubihsm.cli.main`: run as a process.
+- ``python -m kms.testing.yubihsm`` / :func:`main`: run as a process (yubihsm-connector API).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .cli import main
 from .connector import ConnectorServer
 from .constants import DEFAULT_FIRMWARE, DEFAULT_PASSWORD, DEFAULT_SERIAL
 from .device import YubiHsmDevice
@@ -39,6 +40,7 @@ __all__ = [
     "SimulatorBackend",
     "YubiHsmDevice",
     "fake_usb_devices",
+    "main",
 ]
 
 

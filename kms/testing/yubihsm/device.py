@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import scp
 from .audit import LOG_CAPACITY, NO_KEY
@@ -65,11 +66,16 @@ class YubiHsmDevice:
         self.state_path = Path(state_path) if state_path is not None else None
         saved = load_state(self.state_path) if self.state_path is not None else None
         if serial is None:
-            serial = int(saved["serial"]) if saved else DEFAULT_SERIAL
+            serial = DEFAULT_SERIAL if saved is None else _saved_serial(saved)
+        if not 0 <= serial <= 0xFFFFFFFF:
+            raise ValueError(f"serial {serial} does not fit in 32 bits")
         self.state = DeviceState(serial, firmware, clock, random_bytes)
-        if saved:
-            self.state.store.load_json(saved["store"])
-            self.state.options.load_json(saved["options"])
+        if saved is not None:
+            try:
+                self.state.store.load_json(saved["store"])
+                self.state.options.load_json(saved["options"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"unusable simulator state {self.state_path}: {exc!r}") from exc
         self.state.dirty = self.state_path is not None
         self._persist()
 
@@ -215,6 +221,13 @@ class YubiHsmDevice:
         if call.after is not None:
             call.after()
         return outer
+
+
+def _saved_serial(saved: dict[str, Any]) -> int:
+    try:
+        return int(saved["serial"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"simulator state has no usable serial: {exc!r}") from exc
 
 
 def _reply(command: Cmd, body: bytes) -> bytes:
