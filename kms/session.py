@@ -8,6 +8,7 @@ supervisor in :mod:`kms.service` decides whether and when to dial again.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import attrs
@@ -22,7 +23,7 @@ from kms.protocol.version import ProtocolVersion
 from kms.transport.address import Address
 from kms.transport.dial import open_connection
 from kms.transport.secret_connection import peer_id_from_pubkey
-from kms.transport.stream import secret_handshake
+from kms.transport.stream import SecretStream, secret_handshake
 
 log = logging.getLogger("kms.session")
 conn_log = logging.getLogger("kms.connection")
@@ -51,6 +52,8 @@ class Session:
         stream = await self._connect()
         async with stream:
             log.info("%s connected to validator successfully", self.prefix)
+            if isinstance(stream, SecretStream) and self.addr.peer_id is None:
+                log.warning("%s: unverified validator peer ID! (%s)", self.prefix, stream.peer_id)
             self.on_connected()
             await self._serve(stream)
 
@@ -68,8 +71,6 @@ class Session:
         except BaseException:
             await trio.aclose_forcefully(transport)
             raise
-        if self.addr.peer_id is None:
-            log.warning("%s: unverified validator peer ID! (%s)", self.prefix, stream.peer_id)
         return stream
 
     async def _serve(self, stream: trio.abc.Stream) -> None:
@@ -97,8 +98,8 @@ def describe_error(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, OSError):
         cause = _root_os_error(exc)
-        if cause.errno is not None and cause.strerror:
-            return f"I/O error: {cause.strerror} (os error {cause.errno})"
+        if cause.errno is not None:
+            return f"I/O error: {os.strerror(cause.errno)} (os error {cause.errno})"
         return f"I/O error: {cause}"
     if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
         return describe_error(exc.__cause__)

@@ -125,6 +125,7 @@ class SimulatedNode:
     timeout: float = NODE_TIMEOUT
     listener: trio.SocketListener | None = None
     address: Address | None = None
+    clients: list[SignerClient] = attrs.field(factory=list)
 
     async def listen(self, laddr: Address) -> Address:
         """Start listening on ``laddr`` (tcp port 0 picks a free port); return the real address."""
@@ -158,16 +159,20 @@ class SimulatedNode:
                 await trio.aclose_forcefully(stream)
                 raise
             stream, peer_id = secret, secret.peer_id
-        return SignerClient(
+        client = SignerClient(
             stream=stream,
             chain_id=self.chain_id,
             version=self.version,
             timeout=self.timeout,
             peer_id=peer_id,
         )
+        self.clients.append(client)
+        return client
 
     async def aclose(self) -> None:
-        """Stop listening."""
+        """Stop listening and close every accepted connection."""
+        for client in self.clients:
+            await trio.aclose_forcefully(client.stream)
         if self.listener is not None:
             await self.listener.aclose()
         if self.address is not None and self.address.scheme == "unix" and self.address.path:

@@ -1,0 +1,150 @@
+"""Running the real `tmkms` command as a user would, and reading its log lines."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import trio
+
+TMKMS = [sys.executable, "-m", "kms"]
+
+
+def run_tmkms(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a short `tmkms` command to completion (init, keygen, import...)."""
+    return subprocess.run(
+        [*TMKMS, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+@attrs.define
+class KmsProcess:
+    """A running `tmkms start`; its combined output is collected line by line."""
+
+    process: trio.Process
+    lines: list[str] = attrs.field(factory=list)
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    async def _read(self) -> None:
+        assert self.process.stdout is not None
+        pending = b""
+        async for chunk in self.process.stdout:
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            self.lines.extend(line.decode(errors="replace") for line in complete)
+            self._changed.set()
+            self._changed = trio.Event()
+        if pending:
+            self.lines.append(pending.decode(errors="replace"))
+        self._changed.set()
+
+    def matching(self, pattern: str) -> list[str]:
+        """Every line so far that matches the regular expression ``pattern``."""
+        regex = re.compile(pattern)
+        return [line for line in self.lines if regex.search(line)]
+
+    async def wait_for(self, pattern: str, count: int = 1, timeout: float = 20.0) -> list[str]:
+        """Wait until ``count`` lines match ``pattern``; TooSlowError shows the output."""
+        try:
+            with trio.fail_after(timeout):
+                while len(found := self.matching(pattern)) < count:
+                    if self.process.returncode is not None and self._changed.is_set():
+                        raise AssertionError(f"tmkms exited ({self.process.returncode})")
+                    await self._changed.wait()
+        except (trio.TooSlowError, AssertionError) as exc:
+            output = "\n".join(self.lines[-60:])
+            raise AssertionError(f"no {count} lines matching {pattern!r}:\n{output}") from exc
+        return found
+
+    def send_signal(self, signum: int) -> None:
+        """Signal the process (SIGTERM for a clean stop, SIGKILL for a crash)."""
+        self.process.send_signal(signum)
+
+    async def wait(self, timeout: float = 15.0) -> int:
+        """Wait for the process to exit and return its status."""
+        with trio.fail_after(timeout):
+            return await self.process.wait()
+
+
+@asynccontextmanager
+async def tmkms_start(
+    config: Path, *extra: str, env: dict[str, str] | None = None
+) -> AsyncIterator[KmsProcess]:
+    """Start `tmkms start -c CONFIG` and stop it (SIGTERM, then SIGKILL) on exit."""
+    process = await trio.lowlevel.open_process(
+        [*TMKMS, "start", "-c", str(config), *extra],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    kms = KmsProcess(process)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(kms._read)
+        try:
+            yield kms
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+                    with trio.move_on_after(10):
+                        await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+
+
+def free_tcp_port() -> int:
+    """A port nobody listens on right now (for starting the KMS before its node)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def chain_toml(chain_id: str, home: Path, extra: Sequence[str] = ()) -> str:
+    """A `[[chain]]` + softsign section for ``chain_id`` with keys under ``home``."""
+    lines = [
+        "[[chain]]",
+        f'id = "{chain_id}"',
+        'key_format = { type = "hex" }',
+        f'state_file = "{home}/state/{chain_id}.json"',
+        *extra,
+        "",
+        "[[providers.softsign]]",
+        f'chain_ids = ["{chain_id}"]',
+        'key_type = "consensus"',
+        f'path = "{home}/secrets/{chain_id}.key"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def validator_toml(
+    chain_id: str, addr: str, home: Path, version: str, extra: Sequence[str] = ()
+) -> str:
+    """A `[[validator]]` section."""
+    lines = [
+        "[[validator]]",
+        f'chain_id = "{chain_id}"',
+        f'addr = "{addr}"',
+        f'secret_key = "{home}/secrets/kms-identity.key"',
+        f'protocol_version = "{version}"',
+        *extra,
+        "",
+    ]
+    return "\n".join(lines)
