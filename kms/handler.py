@@ -77,7 +77,12 @@ class RequestHandler:
     tracker: ChainTracker
     signer: Signer
     sign_extensions: bool
-    prefix: str
+    peer: str
+
+    @property
+    def prefix(self) -> str:
+        """`[chain@addr]`, the label of every log line about this connection."""
+        return f"[{self.chain_id}@{self.peer}]"
 
     async def handle(self, request: Request) -> Response:
         """Return the response to ``request``; refusals are RemoteSignerError replies."""
@@ -134,7 +139,8 @@ class RequestHandler:
                     block=block_ref(vote.block_id),
                     sign_bytes=vote_sign_bytes(self.chain_id, vote),
                     timestamp=(vote.timestamp.seconds, vote.timestamp.nanos),
-                )
+                ),
+                peer=self.peer,
             )
             extension_signature = b""
             if self._wants_extension_signature(request):
@@ -164,7 +170,8 @@ class RequestHandler:
                     block=block_ref(proposal.block_id),
                     sign_bytes=proposal_sign_bytes(self.chain_id, proposal),
                     timestamp=(proposal.timestamp.seconds, proposal.timestamp.nanos),
-                )
+                ),
+                peer=self.peer,
             )
         except KmsError as exc:
             return SignedProposalResponse(proposal=None, error=self._refusal(exc))

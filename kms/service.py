@@ -75,7 +75,6 @@ class Service:
 
     def _session(self, validator: ValidatorConfig) -> _Supervised:
         chain = self.config.chain(validator.chain_id)
-        prefix = f"[{validator.chain_id}@{validator.addr}]"
         identity = None
         if validator.secret_key is not None:
             warn_if_readable_by_others(validator.secret_key, log)
@@ -92,7 +91,7 @@ class Service:
             tracker=self.trackers[chain.id],
             signer=self.registry.consensus(chain.id),
             sign_extensions=sign_extensions,
-            prefix=prefix,
+            peer=str(validator.addr),
         )
         session = Session(
             addr=validator.addr,
@@ -100,7 +99,7 @@ class Service:
             identity=identity,
             handler=handler,
             timeout=validator.timeout,
-            prefix=prefix,
+            prefix=handler.prefix,
             on_connected=backoff.reset,
         )
         return _Supervised(session=session, backoff=backoff, reconnect=validator.reconnect)

@@ -58,7 +58,7 @@ async def _session(tmp_path: Path, prefix: str) -> RecordingSession:
         tracker=tracker,
         signer=signer,
         sign_extensions=True,
-        prefix=prefix,
+        peer="unix",
     )
     # A unix path nobody listens on: connect() fails at once, with no real waiting.
     session = RecordingSession(

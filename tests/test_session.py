@@ -49,7 +49,7 @@ async def connected(
                 tracker=tracker,
                 signer=signer,
                 sign_extensions=sign_extensions,
-                prefix=f"[{CHAIN}@{node.address}]",
+                peer=str(node.address),
             ),
             timeout=5.0,
             prefix=f"[{CHAIN}@{node.address}]",
