@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import pytest
 from conftest import vector_checked
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kms.testing.yubihsm import ManualClock, YubiHsmDevice, scp
 
@@ -228,3 +230,43 @@ def test_pad_round_trip(size: int) -> None:
     padded = scp.pad(data)
     assert len(padded) % 16 == 0 and len(padded) > size
     assert scp.unpad(padded) == data
+
+
+def well_formed(reply: bytes) -> bool:
+    """A reply frame: success (cmd | 0x80) with a consistent length, or ``7f 00 01 code``."""
+    if len(reply) < 3 or int.from_bytes(reply[1:3], "big") != len(reply) - 3:
+        return False
+    return reply[0] & 0x80 != 0 or (reply[0] == 0x7F and len(reply) == 4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80) | st.tuples(st.sampled_from([1, 3, 4, 5, 6]), st.binary(max_size=40)))
+def test_any_plain_frame_gets_a_well_formed_reply(data: bytes | tuple[int, bytes]) -> None:
+    if isinstance(data, tuple):
+        command, payload = data
+        data = bytes([command]) + len(payload).to_bytes(2, "big") + payload
+    reply = YubiHsmDevice().transceive(data)
+    assert well_formed(reply)
+
+
+FUZZ_COMMANDS = [c for c in range(0x41, 0x6D)] + [0x01, 0x06, 0x7F]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(FUZZ_COMMANDS),
+    st.binary(max_size=120),
+    st.booleans(),
+)
+def test_any_inner_frame_gets_a_well_formed_reply_and_keeps_the_session(
+    command: int, payload: bytes, lie_about_length: bool
+) -> None:
+    device = YubiHsmDevice()
+    client = RawClient(device)
+    client.open()
+    length = len(payload) + (1 if lie_about_length else 0)
+    reply = client.send(bytes([command]) + length.to_bytes(2, "big") + payload)
+    assert well_formed(reply)
+    if lie_about_length:
+        assert reply == error(0x08)
+    assert client.send(b"\x01\x00\x02ok") == b"\x81\x00\x02ok"
