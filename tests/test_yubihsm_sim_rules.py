@@ -280,6 +280,8 @@ def test_forced_audit_fills_the_log_until_released(admin: AuthSession) -> None:
             admin.get_pseudo_random(1)
     entries = admin.get_log_entries().entries
     assert len(entries) == 62
+    assert entries[0].number == 1  # nothing was overwritten, not even by the refusals
+    assert admin.get_log_entries().entries == entries
     admin.set_log_index(entries[-1].number)
     assert len(admin.get_pseudo_random(1)) == 1
 

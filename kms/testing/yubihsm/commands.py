@@ -156,7 +156,8 @@ def execute(state: DeviceState, session: Session, inner: bytes) -> tuple[bytes, 
     except DeviceError as exc:
         reply = error_frame(exc.code)
         call.after = None
-    if state.options.audited(command):
+    forced_full = state.options.force_audit != AUDIT_OFF and state.log.is_full()
+    if state.options.audited(command) and not forced_full:  # forced audit never overwrites
         state.log.append(
             command,
             length,
