@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -52,6 +53,7 @@ class SignerClient:
     version: ProtocolVersion
     timeout: float = NODE_TIMEOUT
     peer_id: str | None = None
+    handshake_seconds: float = 0.0
     _decoder: FrameDecoder = attrs.field(factory=FrameDecoder)
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
 
@@ -151,6 +153,7 @@ class SimulatedNode:
         assert self.listener is not None, "call listen() first"
         stream: trio.abc.Stream = await self.listener.accept()
         peer_id = None
+        accepted = time.perf_counter()
         if self.address is not None and self.address.scheme == "tcp":
             try:
                 with trio.fail_after(self.timeout):
@@ -165,6 +168,7 @@ class SimulatedNode:
             version=self.version,
             timeout=self.timeout,
             peer_id=peer_id,
+            handshake_seconds=time.perf_counter() - accepted,
         )
         self.clients.append(client)
         return client

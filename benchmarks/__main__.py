@@ -1,0 +1,184 @@
+"""End-to-end benchmarks of the real `tmkms start` process against simulated nodes.
+
+Run from the repository root: ``python -m benchmarks [--quick] [--json PATH]``.
+
+Every figure is measured in the same run as its floor, because these machines are noisy:
+- sign latency: sequential SignProposal/SignVote round trips over Secret Connection, against
+  floor = one Ed25519 signature + one durable state write (temp file, fsync, rename, fsync of
+  the folder) + one trio loopback round trip; ``ratio = p50 / floor``;
+- many chains: N chains in one process, one node each, all signing at once;
+- reconnect: from the node dropping the connection to the next signature;
+- handshake: from accept() to an established Secret Connection, as the node sees it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from benchmarks.harness import (
+    Signing,
+    durable_write_s,
+    ed25519_sign_s,
+    kms_with_nodes,
+    loopback_round_trip_s,
+    peak_rss_mb,
+    summary_ms,
+)
+
+CONNECT_TIMEOUT = 30.0
+
+
+async def floor() -> dict[str, float]:
+    """The physical floor of one signature on this machine, and its parts."""
+    sign = ed25519_sign_s()
+    write = durable_write_s()
+    rtt = await loopback_round_trip_s()
+    return {
+        "ed25519_sign_ms": sign * 1e3,
+        "durable_write_ms": write * 1e3,
+        "loopback_rtt_ms": rtt * 1e3,
+        "floor_ms": (sign + write + rtt) * 1e3,
+    }
+
+
+async def sign_latency(heights: int) -> dict[str, Any]:
+    """Sequential requests on one chain: p50/p99/max latency."""
+    async with kms_with_nodes(["bench-1"]) as (home, _process):
+        with trio.fail_after(CONNECT_TIMEOUT):
+            client = await home.nodes["bench-1"].accept()
+            await client.pub_key()
+        signing = Signing(client)
+        for _ in range(min(50, heights)):  # warm up
+            await signing.one_height()
+        signing.latencies.clear()
+        for _ in range(heights):
+            await signing.one_height()
+        return {"requests": len(signing.latencies), "errors": signing.errors} | summary_ms(
+            signing.latencies
+        )
+
+
+async def many_chains(count: int, seconds: float) -> dict[str, Any]:
+    """``count`` chains signing concurrently for ``seconds``: throughput, p99, peak RSS."""
+    chains = [f"chain-{i}" for i in range(count)]
+    async with kms_with_nodes(chains) as (home, process):
+        signings: list[Signing] = []
+
+        async def connect(chain: str) -> None:
+            client = await home.nodes[chain].accept()
+            await client.pub_key()
+            signings.append(Signing(client))
+
+        with trio.fail_after(CONNECT_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for chain in chains:
+                    nursery.start_soon(connect, chain)
+
+        async def run(signing: Signing) -> None:
+            while True:
+                await signing.one_height()
+
+        started = time.perf_counter()
+        with trio.move_on_after(seconds):
+            async with trio.open_nursery() as nursery:
+                for signing in signings:
+                    nursery.start_soon(run, signing)
+        elapsed = time.perf_counter() - started
+        latencies = [t for s in signings for t in s.latencies]
+        return {
+            "chains": count,
+            "signatures_per_s": len(latencies) / elapsed,
+            "errors": sum(s.errors for s in signings),
+            "peak_rss_mb": peak_rss_mb(process.pid),
+        } | summary_ms(latencies)
+
+
+async def reconnect(rounds: int) -> dict[str, Any]:
+    """The node drops the connection; time until the next signature is back."""
+    samples = []
+    handshakes = []
+    async with kms_with_nodes(["bench-r"]) as (home, _process):
+        node = home.nodes["bench-r"]
+        with trio.fail_after(CONNECT_TIMEOUT):
+            client = await node.accept()
+        signing = Signing(client)
+        await signing.one_height()
+        for _ in range(rounds):
+            await client.aclose()
+            dropped = time.perf_counter()
+            with trio.fail_after(CONNECT_TIMEOUT):
+                client = await node.accept()
+            handshakes.append(client.handshake_seconds)
+            signing.client = client
+            await signing.one_height()  # proposal first: its reply is the next signature
+            samples.append(time.perf_counter() - dropped - sum(signing.latencies[-2:]))
+    return {
+        "reconnects": rounds,
+        "median_ms": statistics.median(samples) * 1e3,
+        "max_ms": max(samples) * 1e3,
+        "handshake_median_ms": statistics.median(handshakes) * 1e3,
+    }
+
+
+def report(results: dict[str, Any]) -> None:
+    """Print the results as a table."""
+    fl = results["floor"]
+    print(
+        f"floor: {fl['floor_ms']:.3f} ms = Ed25519 {fl['ed25519_sign_ms']:.3f} + durable write "
+        f"{fl['durable_write_ms']:.3f} + loopback RTT {fl['loopback_rtt_ms']:.3f}"
+    )
+    sl = results["sign_latency"]
+    print(
+        f"sign latency ({sl['requests']} requests): p50 {sl['p50_ms']:.3f} ms "
+        f"(ratio {sl['p50_ms'] / fl['floor_ms']:.2f}), p99 {sl['p99_ms']:.3f} ms "
+        f"(ratio {sl['p99_ms'] / fl['floor_ms']:.2f}), max {sl['max_ms']:.3f} ms"
+    )
+    print(f"{'chains':>7} {'sig/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'RSS MB':>8}")
+    for row in results["many_chains"]:
+        print(
+            f"{row['chains']:>7} {row['signatures_per_s']:>9.0f} {row['p50_ms']:>8.2f} "
+            f"{row['p99_ms']:>8.2f} {row['max_ms']:>8.2f} {row['peak_rss_mb']:>8.1f}"
+        )
+    rc = results["reconnect"]
+    print(
+        f"reconnect: next signature {rc['median_ms']:.1f} ms after a drop (median of "
+        f"{rc['reconnects']}, max {rc['max_ms']:.1f}); handshake {rc['handshake_median_ms']:.2f} ms"
+    )
+
+
+async def run_all(quick: bool) -> dict[str, Any]:
+    """Every benchmark, with sizes reduced by ``quick``."""
+    results: dict[str, Any] = {"floor": await floor()}
+    results["sign_latency"] = await sign_latency(200 if quick else 1500)
+    results["many_chains"] = [
+        await many_chains(n, 3.0 if quick else 10.0) for n in ((1, 10) if quick else (1, 10, 50))
+    ]
+    results["reconnect"] = await reconnect(5 if quick else 20)
+    results["floor_after"] = await floor()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, print the table, write JSON."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes (seconds, not minutes)")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/latest.json"))
+    args = parser.parse_args(argv)
+    results = trio.run(run_all, args.quick)
+    report(results)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

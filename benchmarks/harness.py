@@ -1,0 +1,221 @@
+"""Shared pieces of the end-to-end benchmarks: a KMS home, the process, the node, stats."""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import trio
+from nacl.signing import SigningKey
+
+from kms.protocol.messages import SignedMsgType, SignedProposalResponse, SignedVoteResponse
+from kms.testing.consensus import make_proposal, make_vote, random_block_id
+from kms.testing.node import SignerClient, SimulatedNode
+from kms.transport.address import Address
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    """The ``fraction`` quantile (nearest rank) of ``samples``."""
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary_ms(samples: Sequence[float]) -> dict[str, float]:
+    """p50/p99/max of durations in seconds, as milliseconds."""
+    return {
+        "p50_ms": statistics.median(samples) * 1e3,
+        "p99_ms": percentile(samples, 0.99) * 1e3,
+        "max_ms": max(samples) * 1e3,
+    }
+
+
+@attrs.define
+class KmsHome:
+    """A temporary KMS home with one softsign key and one tcp validator per chain."""
+
+    root: Path
+    chains: list[str]
+    nodes: dict[str, SimulatedNode] = attrs.field(factory=dict)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "tmkms.toml"
+
+    def write(self) -> None:
+        """Keys and tmkms.toml; the nodes must already be listening."""
+        secrets = self.root / "secrets"
+        secrets.mkdir(mode=0o700, exist_ok=True)
+        (self.root / "state").mkdir(exist_ok=True)
+        identity = secrets / "kms-identity.key"
+        _write_key(identity)
+        sections = []
+        for chain in self.chains:
+            key = secrets / f"{chain}.key"
+            _write_key(key)
+            addr = self.nodes[chain].address
+            sections.append(
+                f"""[[chain]]
+id = "{chain}"
+key_format = {{ type = "hex" }}
+state_file = "{self.root}/state/{chain}.json"
+
+[[providers.softsign]]
+chain_ids = ["{chain}"]
+key_type = "consensus"
+path = "{key}"
+
+[[validator]]
+chain_id = "{chain}"
+addr = "{addr}"
+secret_key = "{identity}"
+protocol_version = "v0.38"
+"""
+            )
+        self.config.write_text("\n".join(sections))
+
+
+def _write_key(path: Path) -> None:
+    path.write_text(base64.b64encode(bytes(SigningKey.generate())).decode() + "\n")
+    path.chmod(0o600)
+
+
+@asynccontextmanager
+async def kms_with_nodes(chains: Sequence[str]) -> AsyncIterator[tuple[KmsHome, trio.Process]]:
+    """Nodes listening on loopback, then a real `tmkms start` dialling all of them."""
+    with tempfile.TemporaryDirectory(prefix="kms-bench-") as tmp:
+        home = KmsHome(Path(tmp), list(chains))
+        for chain in chains:
+            node = SimulatedNode(chain_id=chain)
+            await node.listen(Address(scheme="tcp", host="127.0.0.1", port=0))
+            home.nodes[chain] = node
+        home.write()
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "kms", "start", "-c", str(home.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            yield home, process
+        finally:
+            with trio.CancelScope(shield=True):
+                process.terminate()
+                with trio.move_on_after(10):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+                for node in home.nodes.values():
+                    await node.aclose()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size (VmHWM) of a live process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@attrs.define
+class Signing:
+    """Walks heights on one connection, timing every request (proposal, prevote, precommit)."""
+
+    client: SignerClient
+    height: int = 1
+    latencies: list[float] = attrs.field(factory=list)
+    errors: int = 0
+
+    async def one_height(self) -> None:
+        """Propose, prevote and precommit one height, timing each round trip."""
+        block = random_block_id(_RNG)
+        client, height = self.client, self.height
+        started = time.perf_counter()
+        self._record(await client.sign_proposal(make_proposal(height, 0, block)), started)
+        for msg_type in (SignedMsgType.PREVOTE, SignedMsgType.PRECOMMIT):
+            started = time.perf_counter()
+            self._record(
+                await client.sign_vote(make_vote(msg_type, height, 0, block, b"x")), started
+            )
+        self.height += 1
+
+    def _record(self, reply: SignedVoteResponse | SignedProposalResponse, started: float) -> None:
+        self.latencies.append(time.perf_counter() - started)
+        if reply.error is not None:
+            self.errors += 1
+
+
+_RNG = random.Random(1)
+
+
+async def loopback_round_trip_s(rounds: int = 2000) -> float:
+    """Median trio round trip of a small message over a loopback TCP connection."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    samples: list[float] = []
+
+    async def echo(stream: trio.SocketStream) -> None:
+        while data := await stream.receive_some(65536):
+            await stream.send_all(data)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, echo, listeners)
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        message = bytes(200)
+        for _ in range(rounds):
+            started = time.perf_counter()
+            await client.send_all(message)
+            received = 0
+            while received < len(message):
+                received += len(await client.receive_some(65536))
+            samples.append(time.perf_counter() - started)
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+    return statistics.median(samples)
+
+
+def durable_write_s(rounds: int = 500) -> float:
+    """Median time of a temp-file write + fsync + rename + folder fsync (the state write)."""
+    samples = []
+    with tempfile.TemporaryDirectory(prefix="kms-floor-", dir=None) as tmp:
+        target = os.path.join(tmp, "state.json")
+        payload = b'{"height":"1","round":"0","step":2,"block_id":null}'
+        dir_fd = os.open(tmp, os.O_RDONLY)
+        try:
+            for _ in range(rounds):
+                started = time.perf_counter()
+                fd = os.open(target + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.write(fd, payload)
+                os.fsync(fd)
+                os.close(fd)
+                os.replace(target + ".tmp", target)
+                os.fsync(dir_fd)
+                samples.append(time.perf_counter() - started)
+        finally:
+            os.close(dir_fd)
+    return statistics.median(samples)
+
+
+def ed25519_sign_s(rounds: int = 5000) -> float:
+    """Median time of one Ed25519 signature of a vote-sized message."""
+    key = SigningKey.generate()
+    message = bytes(120)
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        key.sign(message)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
