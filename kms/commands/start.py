@@ -35,6 +35,6 @@ def run(args: argparse.Namespace) -> int:
     """Load the configuration (ConfigError -> exit 1 before any key or socket) and serve."""
     setup_logging(verbose=args.verbose, fmt=args.log_format)
     config = load_config(config_path_from(args.config))
-    from kms import service  # noqa: PLC0415 - the trio service loads only for `start`
+    from kms import service  # the trio service loads only for `start`
 
     return service.run(config, verbose=args.verbose)
