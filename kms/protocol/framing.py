@@ -53,6 +53,9 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         if self._start and self._start == len(self._buffer):
+            # Everything buffered was consumed (maybe all but a parsed prefix): start over.
+            if self._end is not None:
+                self._end -= self._start
             self._buffer.clear()
             self._start = 0
         if self._end is None:
