@@ -34,6 +34,7 @@ MASK64 = (1 << 64) - 1
 MAX_FIELD_NUMBER = (1 << 29) - 1
 
 _ONE_BYTE = tuple(bytes((i,)) for i in range(128))
+_MINUS_ONE = encode_uvarint(MASK64)  # pol_round -1, the commonest negative value
 _SFIXED64 = struct.Struct("<q").pack
 
 Fields = dict[int, Any]
@@ -44,6 +45,8 @@ def uvarint(value: int) -> bytes:
     """Encode a non-negative integer below 2**64 as a varint."""
     if value < 0x80:
         return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
     return encode_uvarint(value)
 
 
@@ -56,18 +59,18 @@ def int32_varint(value: int) -> bytes:
     """Encode an int32 field value; negatives take ten bytes, like Go."""
     if not INT32_MIN <= value <= INT32_MAX:
         raise ProtocolError(f"value {value} does not fit in int32")
-    if 0 <= value < 0x80:
-        return _ONE_BYTE[value]
-    return encode_uvarint(value & MASK64)
+    if value >= 0:
+        return uvarint(value)
+    return _MINUS_ONE if value == -1 else encode_uvarint(value & MASK64)
 
 
 def int64_varint(value: int) -> bytes:
     """Encode an int64 field value; negatives take ten bytes."""
     if not INT64_MIN <= value <= INT64_MAX:
         raise ProtocolError(f"value {value} does not fit in int64")
-    if 0 <= value < 0x80:
-        return _ONE_BYTE[value]
-    return encode_uvarint(value & MASK64)
+    if value >= 0:
+        return uvarint(value)
+    return _MINUS_ONE if value == -1 else encode_uvarint(value & MASK64)
 
 
 def uint32_varint(value: int) -> bytes:
