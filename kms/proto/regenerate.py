@@ -44,6 +44,8 @@ def regenerate() -> None:
         *sources,
     ]
     subprocess.run(command, cwd=PROTO_DIR, env=env, check=True)
+    # The plugin does not always write the root package file; the imports need it.
+    (GEN_DIR / "__init__.py").touch()
 
 
 if __name__ == "__main__":
