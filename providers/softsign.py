@@ -18,11 +18,25 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from kms.errors import KeyFileError, SignerError
 
-__all__ = ["SECP256K1_ORDER", "Ed25519SoftSigner", "Secp256k1SoftSigner"]
+__all__ = ["SECP256K1_ORDER", "Ed25519SoftSigner", "Secp256k1SoftSigner", "low_s_signature"]
 
 #: The order n of the secp256k1 group.
 SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _HALF_ORDER = SECP256K1_ORDER // 2
+
+
+def low_s_signature(der: bytes) -> bytes:
+    """A DER ECDSA secp256k1 signature as 64-byte ``r || s`` with ``s`` in the lower half.
+
+    ``(r, n - s)`` is as valid as ``(r, s)``; the Cosmos SDK accepts only the low-S form.
+    ValueError if ``der`` is not a DER signature with in-range values.
+    """
+    r, s = decode_dss_signature(der)
+    if not (0 < r < SECP256K1_ORDER and 0 < s < SECP256K1_ORDER):
+        raise ValueError("ECDSA signature values out of range")
+    if s > _HALF_ORDER:
+        s = SECP256K1_ORDER - s
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 class Ed25519SoftSigner:
@@ -88,10 +102,7 @@ class Secp256k1SoftSigner:
             der = self._key.sign(bytes(message), self._algorithm)
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise SignerError(f"softsign secp256k1 signing failed: {exc}") from exc
-        r, s = decode_dss_signature(der)
-        if s > _HALF_ORDER:
-            s = SECP256K1_ORDER - s
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return low_s_signature(der)
 
     def __repr__(self) -> str:
         return f"Secp256k1SoftSigner(public_key={self._public.hex().upper()})"
