@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp as PbTimestamp
+from betterproto.lib.google.protobuf import Timestamp as PbTimestamp
 from hypothesis import given
 from test_protocol_strategies import proposals, texts, timestamps, votes
 
@@ -55,8 +55,9 @@ def _body(sign_bytes: bytes) -> bytes:
 
 @given(ts=timestamps())
 def test_timestamps_keep_exact_nanoseconds(ts: Timestamp) -> None:
-    """The timestamp field is exactly what Google's protobuf runtime writes, nanos included."""
-    reference = PbTimestamp(seconds=ts.seconds, nanos=ts.nanos).SerializeToString()
+    """The timestamp field is exactly what an independent encoder writes, nanos included
+    (betterproto's plain Timestamp message: ints, unlike its datetime-mapped fields)."""
+    reference = bytes(PbTimestamp(seconds=ts.seconds, nanos=ts.nanos))
     field = b"\x2a" + uvarint(len(reference)) + reference
     assert field in _body(vote_sign_bytes("c", _vote(timestamp=ts)))
     assert _body(vote_sign_bytes("c", _vote(timestamp=ts))).endswith(field + b"\x32\x01c")
