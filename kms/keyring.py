@@ -26,7 +26,7 @@ def build_registry(config: KmsConfig) -> Registry:
         account = softsign.key_type == "account"
         for chain_id in softsign.chain_ids:
             registry.add(chain_id, signer, account=account)
-            _log_added(config, chain_id, "softsign", softsign.key_type, signer)
+            log_added(config, chain_id, "softsign", softsign.key_type, signer)
     if config.yubihsm is not None:
         from providers.yubihsm import add_yubihsm_signers
 
@@ -43,8 +43,8 @@ def _softsign_signer(softsign: SoftsignConfig) -> Signer:
     return Ed25519SoftSigner(load_ed25519_key(softsign.path))
 
 
-def _log_added(config: KmsConfig, chain_id: str, provider: str, kind: str, signer: Signer) -> None:
-    """`[keyring:softsign] added consensus Ed25519 key: <formatted key>`, as tmkms logs it."""
+def log_added(config: KmsConfig, chain_id: str, provider: str, kind: str, signer: Signer) -> None:
+    """`[keyring:<provider>] added consensus Ed25519 key: <formatted key>`, as tmkms logs it."""
     algorithm = "Ed25519" if signer.key_type == "ed25519" else "secp256k1"
     shown = format_public_key(
         signer.key_type, signer.public_key, config.chain(chain_id).key_format, kind
