@@ -21,7 +21,8 @@ memory only, so the state file stays tmkms's format.
 from __future__ import annotations
 
 import logging
-from typing import Literal
+import time
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 import trio
@@ -39,6 +40,9 @@ from kms.chain.state import (
 from kms.chain.store import StateFile
 from kms.errors import DoubleSignError, SigningRefused, StateError
 from providers import Signer
+
+if TYPE_CHECKING:
+    from kms.ops.stats import ValidatorMetrics
 
 __all__ = [
     "ChainTracker",
@@ -165,17 +169,22 @@ class ChainTracker:
             raise StateError(f"state of chain {self._chain_id} was not loaded")
         return self._state
 
-    async def sign(self, req: SignRequest, *, peer: str | None = None) -> Signed:
+    async def sign(
+        self, req: SignRequest, *, peer: str | None = None, metrics: ValidatorMetrics | None = None
+    ) -> Signed:
         """Check, persist, then sign ``req``.
 
         Raises DoubleSignRefused (a DoubleSignError, code 2) or MaxHeightRefused (a
         SigningRefused) when the request must not be signed, StateError when the new state
         cannot be made durable (nothing signed, old state kept), and the signer's
         SignerError when signing fails after the state was saved. ``peer`` only labels the
-        log lines (``[chain@peer]``).
+        log lines (``[chain@peer]``); ``metrics``, if given, gets the time spent waiting
+        for the lock, writing the state and signing.
         """
         new = req.state
+        queued = time.perf_counter()
         async with self._lock:
+            locked = time.perf_counter()
             last = self.state
             refusal = check(last, new, self._max_height)
             if refusal is not None:
@@ -189,7 +198,11 @@ class ChainTracker:
                 cached_state, cached = self._last_vote
                 if cached_state == new:
                     return cached
+            written = time.perf_counter()
             signature = await self._signer.sign(req.sign_bytes)
+            if metrics is not None:
+                done = time.perf_counter()
+                metrics.observe_sign(locked - queued, written - locked, done - written)
             signed = Signed(signature, req.timestamp)
             self._last_vote = (new, signed) if req.kind == "vote" else None
             return signed
