@@ -16,6 +16,7 @@ import attrs
 from kms.chain.state import STEP_NAMES, BlockRef
 from kms.chain.tracker import ChainTracker, SignRequest
 from kms.errors import KmsError, ProtocolError, SigningRefused
+from kms.ops.stats import ValidatorMetrics
 from kms.protocol.messages import (
     BlockId,
     PingRequest,
@@ -78,6 +79,7 @@ class RequestHandler:
     signer: Signer
     sign_extensions: bool
     peer: str
+    metrics: ValidatorMetrics = attrs.field(factory=ValidatorMetrics)
 
     @property
     def prefix(self) -> str:
@@ -104,6 +106,7 @@ class RequestHandler:
         if chain_id == self.chain_id:
             return None
         log.error("%s request for wrong chain ID: %r", self.prefix, chain_id)
+        self.metrics.refused("chain_id_mismatch")
         return _error(ERR_CHAIN_ID, f"chain ID mismatch: expected {self.chain_id}, got {chain_id}")
 
     def _pub_key(self, request: PubKeyRequest) -> PubKeyResponse:
@@ -141,12 +144,14 @@ class RequestHandler:
                     timestamp=(vote.timestamp.seconds, vote.timestamp.nanos),
                 ),
                 peer=self.peer,
+                metrics=self.metrics,
             )
             extension_signature = b""
             if self._wants_extension_signature(request):
                 extension_signature = await self.signer.sign(
                     vote_extension_sign_bytes(self.chain_id, vote)
                 )
+                self.metrics.signed_other("vote_extension")
         except KmsError as exc:
             return SignedVoteResponse(vote=None, error=self._refusal(exc))
         vote.signature = signed.signature
@@ -172,6 +177,7 @@ class RequestHandler:
                     timestamp=(proposal.timestamp.seconds, proposal.timestamp.nanos),
                 ),
                 peer=self.peer,
+                metrics=self.metrics,
             )
         except KmsError as exc:
             return SignedProposalResponse(proposal=None, error=self._refusal(exc))
@@ -189,6 +195,7 @@ class RequestHandler:
         except KmsError as exc:
             return SignedRawBytesResponse(signature=b"", error=self._refusal(exc))
         log.info("%s signed raw bytes (unique ID %s)", self.prefix, request.unique_id)
+        self.metrics.signed_other("raw_bytes")
         return SignedRawBytesResponse(signature=signature)
 
     async def _sign_bytes(self, request: SignBytesRequest) -> SignBytesResponse:
@@ -197,6 +204,7 @@ class RequestHandler:
         # otherwise a compromised node could obtain a conflicting vote through this door.
         if _looks_length_delimited(request.value):
             log.error("%s refused to sign raw bytes shaped like consensus sign bytes", self.prefix)
+            self.metrics.refused("consensus_shaped_raw_bytes")
             return SignBytesResponse(
                 signature=b"",
                 error=_error(ERR_REFUSED_RAW, "refusing raw bytes shaped like consensus messages"),
@@ -205,9 +213,11 @@ class RequestHandler:
             signature = await self.signer.sign(request.value)
         except KmsError as exc:
             return SignBytesResponse(signature=b"", error=self._refusal(exc))
+        self.metrics.signed_other("raw_bytes")
         return SignBytesResponse(signature=signature)
 
     def _refusal(self, exc: KmsError) -> RemoteSignerError:
+        self.metrics.failed(exc)
         if isinstance(exc, SigningRefused):
             return _error(exc.code, exc)
         log.error("%s signing failed: %s", self.prefix, exc)
@@ -218,6 +228,7 @@ class RequestHandler:
     ) -> None:
         elapsed_ms = int((time.perf_counter() - started) * 1000)
         step = step_of(msg_type)
+        self.metrics.signed(step, height, round_)
         log.info(
             "%s signed %s:%s at h/r/s %d/%d/%d (%d ms)",
             self.prefix,
