@@ -55,6 +55,7 @@ class Session:
             if isinstance(stream, SecretStream) and self.addr.peer_id is None:
                 log.warning("%s: unverified validator peer ID! (%s)", self.prefix, stream.peer_id)
             self.on_connected()
+            self.handler.metrics.on_connected()
             await self._serve(stream)
 
     async def _connect(self) -> trio.abc.Stream:
@@ -68,7 +69,9 @@ class Session:
         try:
             with trio.fail_after(self.timeout):
                 stream = await secret_handshake(transport, self.identity, self.addr.peer_id)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self.handler.metrics.on_handshake_failure()
             await trio.aclose_forcefully(transport)
             raise
         return stream
