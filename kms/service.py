@@ -26,11 +26,18 @@ from kms.errors import KmsError
 from kms.handler import RequestHandler
 from kms.keyring import build_registry
 from kms.keys import load_ed25519_key, warn_if_readable_by_others
+from kms.lock import lock_state_files
+from kms.ops.runtime import Operations
+from kms.ops.stats import KmsMetrics, use_metrics
+from kms.sdnotify import ReadyNotifier, notify
 from kms.session import Session, describe_error
 from providers import Registry
 
 log = logging.getLogger("kms.service")
 start_log = logging.getLogger("kms.commands.start")
+
+#: How long `tmkms start` waits for a state file lock (a previous KMS still exiting).
+LOCK_WAIT = 3.0
 
 
 @attrs.define
@@ -41,10 +48,16 @@ class Service:
     registry: Registry
     trackers: dict[str, ChainTracker]
     backoff_factory: Callable[[], Backoff] = Backoff
+    metrics: KmsMetrics = attrs.field(factory=KmsMetrics)
 
     @classmethod
-    async def open(cls, config: KmsConfig) -> Service:
-        """Load keys and state files and run state hooks; raises KmsError on any problem."""
+    async def open(cls, config: KmsConfig, metrics: KmsMetrics | None = None) -> Service:
+        """Load keys and state files and run state hooks; raises KmsError on any problem.
+
+        ``metrics`` (default: new ones) become the process's current metrics, which is
+        where providers find theirs (:func:`kms.ops.provider_metrics`).
+        """
+        metrics = use_metrics(metrics if metrics is not None else KmsMetrics())
         registry = build_registry(config)
         trackers: dict[str, ChainTracker] = {}
         fs_limiter = trio.CapacityLimiter(8)
@@ -63,7 +76,8 @@ class Service:
                 hook = chain.state_hook
                 await apply_state_hook(tracker, hook.cmd, hook.timeout_secs, hook.fail_closed)
             trackers[chain.id] = tracker
-        return cls(config=config, registry=registry, trackers=trackers)
+            metrics.add_chain(tracker)
+        return cls(config=config, registry=registry, trackers=trackers, metrics=metrics)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every validator connection until cancelled (or, without reconnect, until done)."""
@@ -85,13 +99,15 @@ class Service:
             else validator.protocol_version.extensions_by_default
         )
         backoff = self.backoff_factory()
+        signer = self.registry.consensus(chain.id)
         handler = RequestHandler(
             chain_id=chain.id,
             version=validator.protocol_version,
             tracker=self.trackers[chain.id],
-            signer=self.registry.consensus(chain.id),
+            signer=signer,
             sign_extensions=sign_extensions,
             peer=str(validator.addr),
+            metrics=self.metrics.validator(chain.id, str(validator.addr), signer.provider),
         )
         session = Session(
             addr=validator.addr,
@@ -115,16 +131,21 @@ class _Supervised:
 async def supervise(session: Session, backoff: Backoff, reconnect: bool) -> None:
     """Run ``session`` again and again, logging each failure and sleeping ``backoff``."""
     while True:
+        error = None
         try:
             await session.run()
         except (KmsError, OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-            log.error("%s %s", session.prefix, describe_error(exc))
+            error = describe_error(exc)
+            log.error("%s %s", session.prefix, error)
         except Exception as exc:  # one validator's bug must not take the others down
-            log.exception("%s unexpected error: %s", session.prefix, describe_error(exc))
+            error = describe_error(exc)
+            log.exception("%s unexpected error: %s", session.prefix, error)
+        session.handler.metrics.on_session_ended(error)
         if not reconnect:
             log.info("%s reconnect = false; not dialling again", session.prefix)
             return
         await trio.sleep(backoff.next_delay())
+        session.handler.metrics.on_reconnect()
 
 
 def _max_height(config: KmsConfig, chain: ChainConfig) -> int | None:
@@ -138,18 +159,24 @@ def _max_height(config: KmsConfig, chain: ChainConfig) -> int | None:
 
 
 async def _serve_until_signal(config: KmsConfig) -> None:
-    service = await Service.open(config)
+    metrics = KmsMetrics()
+    laddr = config.metrics.laddr if config.metrics is not None else None
+    operations = await Operations.open(metrics, laddr)  # a bad address fails before any key
+    service = await Service.open(config, metrics)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
             async def watch_signals() -> None:
                 async for signum in signals:
                     log.info("received %s; shutting down", signal.Signals(signum).name)
+                    notify("STOPPING=1")
                     nursery.cancel_scope.cancel()
                     return
 
             nursery.start_soon(watch_signals)
-            await service.serve()
+            nursery.start_soon(operations.run)  # metrics/health listener, systemd watchdog
+            count = len(config.validators)
+            await service.serve(task_status=ReadyNotifier(f"serving {count} validator(s)"))
             nursery.cancel_scope.cancel()
 
 
@@ -157,6 +184,9 @@ def run(config: KmsConfig, *, verbose: bool = False) -> int:
     """`tmkms start`: serve until SIGINT/SIGTERM; returns the process exit code."""
     del verbose  # logging is configured by the CLI before we get here
     start_log.info("tmkms %s starting up...", __version__)
-    trio.run(_serve_until_signal, config)
+    # One KMS per state file, for this process's whole life (see kms.lock).
+    state_files = [chain.state_file for chain in config.chains]
+    with lock_state_files(state_files, wait=LOCK_WAIT, purpose="refusing to start a second KMS"):
+        trio.run(_serve_until_signal, config)
     log.info("shutdown complete")
     return 0

@@ -146,8 +146,8 @@ class KmsCollector:
             )
             for field in ("height", "round", "step")
         ]
-        for chain_id, state in self._metrics.chain_states.items():
-            for gauge, value in zip(gauges, state().hrs, strict=True):
+        for chain_id, tracker in self._metrics.chains.items():
+            for gauge, value in zip(gauges, tracker.state.hrs, strict=True):
                 gauge.add_metric([chain_id], value)
         yield from gauges
 

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable
 
-from kms.chain.state import SignState
-from kms.chain.tracker import DoubleSignRefused, MaxHeightRefused
+from kms.chain.tracker import ChainTracker, DoubleSignRefused, MaxHeightRefused
 from kms.errors import KmsError, SignerError, SigningRefused, StateError
 
 __all__ = [
@@ -235,7 +233,7 @@ class KmsMetrics:
         self.started = time.time()
         self.validators: list[ValidatorMetrics] = []
         self.providers: dict[str, ProviderMetrics] = {}
-        self.chain_states: dict[str, Callable[[], SignState]] = {}
+        self.chains: dict[str, ChainTracker] = {}
 
     def provider(self, name: str) -> ProviderMetrics:
         """The metrics of provider ``name``, created on first use."""
@@ -250,9 +248,9 @@ class KmsMetrics:
         self.validators.append(metrics)
         return metrics
 
-    def add_chain(self, chain_id: str, state: Callable[[], SignState]) -> None:
-        """Report chain ``chain_id``'s current state (``state()`` is called at scrape time)."""
-        self.chain_states[chain_id] = state
+    def add_chain(self, tracker: ChainTracker) -> None:
+        """Report the state of ``tracker``'s chain (read at scrape time)."""
+        self.chains[tracker.chain_id] = tracker
 
 
 _current = KmsMetrics()
