@@ -1,11 +1,13 @@
-"""`tmkms start [-c PATH] [-v] [--log-format text|json]`: load the config and serve."""
+"""`tmkms start [-c PATH] [-v] [--log-format text|json] [--log-level L] [--metrics ADDR]`."""
 
 from __future__ import annotations
 
 import argparse
 from typing import TYPE_CHECKING
 
-from kms.config import config_path_from, load_config
+import attrs
+
+from kms.config import MetricsConfig, config_path_from, load_config
 from kms.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -28,13 +30,38 @@ def add_commands(subparsers: Subparsers) -> None:
         default="text",
         help="log line format on stdout (default: text, as tmkms)",
     )
+    parser.add_argument(
+        "--log-level",
+        choices=("trace", "debug", "info", "warn", "error"),
+        help="lowest level logged (default: info, or debug with -v, or a bare level in $RUST_LOG)",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="ADDR",
+        type=_metrics_laddr,
+        help="serve Prometheus /metrics, /healthz and /readyz on ADDR (host:port); "
+        "overrides [metrics] laddr",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the configuration (ConfigError -> exit 1 before any key or socket) and serve."""
-    setup_logging(verbose=args.verbose, fmt=args.log_format)
+    setup_logging(verbose=args.verbose, fmt=args.log_format, level=args.log_level)
     config = load_config(config_path_from(args.config))
+    if args.metrics is not None:
+        config = attrs.evolve(config, metrics=MetricsConfig(laddr=args.metrics))
     from kms import service  # the trio service loads only for `start`
 
     return service.run(config, verbose=args.verbose)
+
+
+def _metrics_laddr(text: str) -> str:
+    """argparse type of ``--metrics``: a host:port, checked now (a usage error if malformed)."""
+    from kms.ops.server import parse_laddr
+
+    try:
+        parse_laddr(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
