@@ -39,11 +39,31 @@ def vector_checked(name: str, count: int = 1) -> None:
     _VECTORS_CHECKED[name] = _VECTORS_CHECKED.get(name, 0) + count
 
 
+_FAULT_COUNTS: dict[str, dict[str, int]] = {}
+
+
+def fault_counted(scenario: str, **counts: int) -> None:
+    """Add ``counts`` (requests, crashes, signatures, conflicts...) to a fault-suite scenario."""
+    totals = _FAULT_COUNTS.setdefault(scenario, {})
+    for key, value in counts.items():
+        totals[key] = totals.get(key, 0) + value
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print how many golden vectors each file contributed to this run."""
-    if not _VECTORS_CHECKED:
-        return
-    terminalreporter.section("golden vectors checked")
-    for name in sorted(_VECTORS_CHECKED):
-        terminalreporter.write_line(f"{name}: {_VECTORS_CHECKED[name]}")
-    terminalreporter.write_line(f"total: {sum(_VECTORS_CHECKED.values())}")
+    """Print how many golden vectors each file contributed, and the fault-suite counts."""
+    if _VECTORS_CHECKED:
+        terminalreporter.section("golden vectors checked")
+        for name in sorted(_VECTORS_CHECKED):
+            terminalreporter.write_line(f"{name}: {_VECTORS_CHECKED[name]}")
+        terminalreporter.write_line(f"total: {sum(_VECTORS_CHECKED.values())}")
+    if _FAULT_COUNTS:
+        terminalreporter.section("fault suite")
+        totals: dict[str, int] = {}
+        for scenario in sorted(_FAULT_COUNTS):
+            counts = _FAULT_COUNTS[scenario]
+            shown = " ".join(f"{key}={value}" for key, value in sorted(counts.items()))
+            terminalreporter.write_line(f"{scenario}: {shown}")
+            for key, value in counts.items():
+                totals[key] = totals.get(key, 0) + value
+        shown = " ".join(f"{key}={value}" for key, value in sorted(totals.items()))
+        terminalreporter.write_line(f"total: {shown}")
