@@ -1,0 +1,135 @@
+"""One YubiHSM 2 as the trio service sees it: serialised, bounded, and quick to say no.
+
+Theory of operation. The ``yubihsm`` library blocks, so every call runs in a worker thread
+(``trio.to_thread.run_sync``) under this device's own ``CapacityLimiter(1)``: the HSM
+executes one command at a time anyway, and nothing else in the process shares that limiter,
+so softsign chains never wait behind the HSM.
+
+A CometBFT node gives up on its signer after a few seconds, and a signature that arrives late
+is worth nothing; so every request gets a deadline (:data:`DEFAULT_DEADLINE`, well under the
+node's 5 s) covering the wait for the device, reconnecting and signing. Past it the worker
+thread is abandoned (it ends by itself: every backend I/O call has a timeout, and the limiter
+stays held until it does, so the device is never used by two threads) and the request fails
+with a SignerError, which the session turns into a RemoteSignerError reply.
+
+When the device cannot be reached, the next attempt is scheduled with capped exponential
+backoff (:class:`kms.backoff.Backoff`, at most about a second). A request arriving meanwhile
+waits for that attempt once, if it falls within its deadline; if the device is still down it
+fails right away. So during an outage each request fails within about one backoff step, and
+the first request after the device is back is signed. The first successful call resets the
+backoff. Only trio's clock is used for waiting, so tests can drive it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TypeVar
+
+import trio
+
+from kms.backoff import Backoff
+from kms.errors import SignerError
+from providers.yubihsm.connection import HsmCommandError, HsmConnection, HsmUnavailable, Operation
+
+log = logging.getLogger("providers.yubihsm")
+
+T = TypeVar("T")
+
+#: Seconds one request may spend on the HSM, waiting and reconnecting included.
+DEFAULT_DEADLINE = 2.0
+
+
+class HsmDevice:
+    """Runs operations on one HSM from trio: one at a time, each within a deadline.
+
+    ``requests``, ``errors`` and ``fast_failures`` count calls, SignerErrors raised, and
+    requests refused without trying because the device was known to be down; the
+    connection's own counters (``connection.stats``) count session re-opens and reconnects.
+    """
+
+    def __init__(
+        self,
+        connection: HsmConnection,
+        *,
+        deadline: float = DEFAULT_DEADLINE,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if deadline <= 0:
+            raise ValueError("the YubiHSM request deadline must be positive")
+        self.connection = connection
+        self.deadline = deadline
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._limiter: trio.CapacityLimiter | None = None
+        self._retry_at: float | None = None
+        self._last_failure = ""
+        self.requests = 0
+        self.errors = 0
+        self.fast_failures = 0
+
+    @property
+    def limiter(self) -> trio.CapacityLimiter:
+        """This device's own one-slot thread limiter (created inside the trio run)."""
+        if self._limiter is None:
+            self._limiter = trio.CapacityLimiter(1)
+        return self._limiter
+
+    @property
+    def available(self) -> bool:
+        """False while a reconnect is scheduled after a failure."""
+        return self._retry_at is None
+
+    async def run(self, operation: Operation[T], what: str) -> T:
+        """Run ``operation(session)`` in a worker thread; SignerError on any failure.
+
+        ``what`` names the operation in error messages (e.g. ``"SIGN_EDDSA with key 0x0001"``).
+        """
+        self.requests += 1
+        try:
+            return await self._run(operation, what)
+        except SignerError:
+            self.errors += 1
+            raise
+
+    async def _run(self, operation: Operation[T], what: str) -> T:
+        deadline = trio.current_time() + self.deadline
+        waited = False
+        with trio.move_on_at(deadline):
+            while True:
+                if self._retry_at is not None:
+                    if waited or self._retry_at > deadline:
+                        self.fast_failures += 1
+                        wait = self._retry_at - trio.current_time()
+                        raise SignerError(
+                            f"{what}: {self._last_failure} (next reconnect attempt in "
+                            f"{max(wait, 0.0):.1f} s)"
+                        )
+                    await trio.sleep_until(self._retry_at)
+                    waited = True
+                try:
+                    result = await trio.to_thread.run_sync(
+                        self.connection.execute,
+                        operation,
+                        limiter=self.limiter,
+                        abandon_on_cancel=True,
+                    )
+                except HsmUnavailable as exc:
+                    self._schedule_retry(str(exc))
+                    continue
+                except HsmCommandError as exc:
+                    raise SignerError(f"{what}: {exc}") from exc
+                except Exception as exc:
+                    log.exception("unexpected error from the YubiHSM library during %s", what)
+                    raise SignerError(f"{what}: unexpected {type(exc).__name__}: {exc}") from exc
+                if self._retry_at is not None:
+                    log.info("YubiHSM is reachable again")
+                self._retry_at = None
+                self._backoff.reset()
+                return result
+        raise SignerError(f"{what}: YubiHSM did not answer within {self.deadline:g} s")
+
+    def _schedule_retry(self, reason: str) -> None:
+        delay = self._backoff.next_delay()
+        if self._retry_at is None:
+            log.error("%s; retrying in %.2f s", reason, delay)
+        self._last_failure = reason
+        self._retry_at = trio.current_time() + delay
