@@ -34,7 +34,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -49,7 +48,8 @@ from kms.ops.stats import PHASES, KmsMetrics
 
 __all__ = ["CONTENT_TYPE", "KmsCollector", "build_registry", "render"]
 
-CONTENT_TYPE: str = CONTENT_TYPE_LATEST
+#: What ``generate_latest`` writes: the classic text format, whichever library version.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _V = ("chain_id", "validator")
 
 
