@@ -8,10 +8,10 @@ import random
 import re
 import urllib.error
 import urllib.request
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 from kmsproc import KmsProcess, chain_toml, free_tcp_port, tmkms_start, validator_toml
 from nacl.signing import SigningKey
@@ -26,12 +26,19 @@ from kms.transport.address import Address
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def _get(url: str) -> tuple[int, str, bytes]:
+def _open(url: str, method: str = "GET") -> tuple[int, Message, bytes]:
+    request = urllib.request.Request(url, method=method)
     try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            return reply.status, reply.headers.get("Content-Type", ""), reply.read()
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status, reply.headers, reply.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
+        with exc:
+            return exc.code, exc.headers, exc.read()
+
+
+def _get(url: str) -> tuple[int, str, bytes]:
+    status, headers, body = _open(url)
+    return status, headers.get("Content-Type", ""), body
 
 
 async def http_get(url: str) -> tuple[int, str, bytes]:
@@ -224,16 +231,10 @@ async def test_endpoints_methods_and_unknown_paths(tmp_path: Path) -> None:
         async with tmkms_start(config, "--metrics", "127.0.0.1:0") as kms:
             base = await metrics_base(kms)
             assert (await http_get(f"{base}/nope"))[0] == 404
-            request = urllib.request.Request(f"{base}/metrics", method="HEAD")
-            reply = await trio.to_thread.run_sync(
-                lambda: urllib.request.urlopen(request, timeout=5)
-            )
-            assert reply.status == 200 and reply.read() == b""
-            post = urllib.request.Request(f"{base}/metrics", data=b"x", method="POST")
-            with pytest.raises(urllib.error.HTTPError) as refused:
-                await trio.to_thread.run_sync(lambda: urllib.request.urlopen(post, timeout=5))
-            assert refused.value.code == 405
-            assert refused.value.headers["Allow"] == "GET, HEAD"
+            head = await trio.to_thread.run_sync(_open, f"{base}/metrics", "HEAD")
+            assert head[0] == 200 and head[1]["Content-Length"] != "0" and head[2] == b""
+            post = await trio.to_thread.run_sync(_open, f"{base}/metrics", "POST")
+            assert post[0] == 405 and post[1]["Allow"] == "GET, HEAD"
             host, port = base.removeprefix("http://").rsplit(":", 1)
             stream = await trio.open_tcp_stream(host, int(port))
             async with stream:
