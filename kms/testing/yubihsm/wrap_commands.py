@@ -81,7 +81,8 @@ def export_wrapped(call: Call) -> bytes:
     wrap_key = _wrap_key(call, wrap_id)
     call.require(Cap.EXPORT_WRAPPED, wrap_key)
     obj = call.find(object_id, object_type)
-    call.require(Cap.EXPORTABLE_UNDER_WRAP, obj)
+    if not obj.capabilities & Cap.EXPORTABLE_UNDER_WRAP:  # the target's, not the session's
+        raise DeviceError(Err.INSUFFICIENT_PERMISSIONS)
     if obj.capabilities & ~wrap_key.delegated:
         raise DeviceError(Err.INSUFFICIENT_PERMISSIONS)
     body = _body(obj)
