@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
 
@@ -138,12 +139,15 @@ async def _exchange(stream: trio.abc.Stream, app: App) -> None:
         await stream.send_all(_plain(400, "bad request").encode())
         return
     method, path = request
+    started = time.perf_counter()
     if method not in _METHODS:
         response = attrs.evolve(
             _plain(405, "method not allowed"), headers=(("Allow", ", ".join(_METHODS)),)
         )
     else:
         response = app(method, path)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    log.debug("HTTP %s %s -> %d (%.2f ms)", method, path, response.status, elapsed_ms)
     await stream.send_all(response.encode(head_only=method == "HEAD"))
 
 
