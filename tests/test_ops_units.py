@@ -105,7 +105,9 @@ def test_provider_hook_reaches_the_current_metrics() -> None:
         hsm = provider_metrics("yubihsm")
         assert hsm is metrics.providers["yubihsm"] is provider_metrics("yubihsm")
         hsm.session_reopened()
-        hsm.session_reopened()
+        kept = {"session_reopens": 0}  # a provider's own counter, read at scrape time
+        hsm.count_session_reopens_from(lambda: kept["session_reopens"])
+        kept["session_reopens"] = 1
         hsm.set_reachable(False, "USB device disconnected")
         body = readiness(metrics)
         assert body["ready"] is False

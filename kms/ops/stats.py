@@ -15,16 +15,20 @@ Objects, one per thing labelled in the exposition:
 * :class:`KmsMetrics` -- the registry of both, plus each chain's tracker state.
 
 Provider hook: a provider fetches its object once, when it is built, with
-``kms.ops.provider_metrics("yubihsm")`` and calls ``session_reopened()`` whenever it has to
-open a new HSM session, and ``set_reachable(False, "why")`` / ``set_reachable(True)`` when it
-finds the device gone or back. Failed signatures are counted by the request handler (do not
-count them again in the provider).
+``kms.ops.provider_metrics("yubihsm")`` and then either calls ``session_reopened()`` whenever
+it has to open a new HSM session, or hands over a counter it already keeps with
+``count_session_reopens_from(lambda: stats.session_reopens)`` (read at scrape time, from a
+worker thread); and ``set_reachable(False, "why")`` / ``set_reachable(True)`` when it finds the
+device gone or back. Failed signatures are counted by the request handler (do not count them
+again in the provider); a failed signature also marks the provider unreachable until the
+next one succeeds.
 """
 
 from __future__ import annotations
 
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 
 from kms.chain.tracker import ChainTracker, DoubleSignRefused, MaxHeightRefused
 from kms.errors import KmsError, SignerError, SigningRefused, StateError
@@ -99,9 +103,15 @@ class ProviderMetrics:
     def __init__(self, name: str) -> None:
         self.name = name
         self.signer_errors = 0
-        self.session_reopens = 0
         self.reachable = True
         self.last_error: str | None = None
+        self._reopens = 0
+        self._reopen_sources: list[Callable[[], int]] = []
+
+    @property
+    def session_reopens(self) -> int:
+        """Sessions re-opened: those reported plus those counted by the provider's sources."""
+        return self._reopens + sum(source() for source in self._reopen_sources)
 
     def signer_error(self, description: str) -> None:
         """A signature failed in this provider; it is unreachable until one succeeds."""
@@ -111,7 +121,11 @@ class ProviderMetrics:
 
     def session_reopened(self) -> None:
         """The provider had to open a new session (YubiHSM: after a lost or expired one)."""
-        self.session_reopens += 1
+        self._reopens += 1
+
+    def count_session_reopens_from(self, source: Callable[[], int]) -> None:
+        """Add ``source()``, a counter the provider keeps itself, to ``session_reopens``."""
+        self._reopen_sources.append(source)
 
     def set_reachable(self, reachable: bool, reason: str | None = None) -> None:
         """Report whether the device answers; ``reason`` explains an unreachable one."""
