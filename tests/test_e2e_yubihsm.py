@@ -290,3 +290,25 @@ async def test_yubihsm_and_softsign_chains_through_an_hsm_crash(tmp_path: Path) 
         f"{max(hsm_load.latencies) * 1e3:.0f} ms; softsign: {soft_load.signed_count} signed, "
         f"slowest {max(soft_load.latencies) * 1e3:.1f} ms"
     )
+
+
+def test_start_fails_clearly_when_the_hsm_is_unreachable(tmp_path: Path) -> None:
+    """tmkms needs the public keys before serving: no HSM at start is a one-line error."""
+    home = tmp_path / "kms"
+    home.mkdir()
+    write_config(home, free_tcp_port(), SigningKey.generate())
+    write_secret(home / "secrets" / "hsm-password", "whatever\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "kms", "start", "-c", str(home / "tmkms.toml")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=ENV,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 6, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "error connecting to YubiHSM2" in errors[0], result.stderr
+    assert "connection failed" in errors[0]
+    assert not list((home / "state").glob("*.json")), "no state is written without keys"
