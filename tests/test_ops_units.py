@@ -391,3 +391,12 @@ def test_all_or_nothing_and_a_missing_folder(tmp_path: Path) -> None:
         lock_state_files([missing], purpose="x"),
     ):
         pass
+
+
+def test_metrics_without_prometheus_client_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "kms.ops.exposition")
+    with pytest.raises(ConfigError, match=r"pip install 'tmkms-py\[metrics\]'"):
+        make_app(KmsMetrics())
