@@ -22,6 +22,7 @@ import trio
 from nacl.signing import SigningKey
 from prometheus_client.parser import text_string_to_metric_families
 
+import kms.ops
 from kms.chain.state import Refusal, SignState
 from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker, DoubleSignRefused, MaxHeightRefused
@@ -398,5 +399,6 @@ def test_metrics_without_prometheus_client_is_a_config_error(
 ) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
     monkeypatch.delitem(sys.modules, "kms.ops.exposition")
+    monkeypatch.delattr(kms.ops, "exposition")
     with pytest.raises(ConfigError, match=r"pip install 'tmkms-py\[metrics\]'"):
         make_app(KmsMetrics())
