@@ -256,6 +256,28 @@ async def test_outage_fails_fast_then_reconnects(rig: Rig) -> None:
     assert connection.stats.session_reopens >= 1
 
 
+async def test_requests_fail_at_once_when_the_next_attempt_is_past_their_deadline() -> None:
+    device_sim = YubiHsmDevice()
+    public = provision(device_sim)
+    SwitchableBackend.powered = False
+    try:
+        connection = HsmConnection(
+            lambda: SwitchableBackend(device_sim), VALIDATOR_KEY, VALIDATOR_PASSWORD
+        )
+        backoff = Backoff(initial=5.0, cap=5.0, jitter=0.0)
+        device = HsmDevice(connection, deadline=1.0, backoff=backoff)
+        signer = YubiHsmEd25519Signer(device, ED_KEY, public[ED_KEY])
+        with pytest.raises(SignerError, match="backend switched off"):
+            await signer.sign(b"first")  # tries, fails, next attempt in 5 s
+        started = time.monotonic()
+        with pytest.raises(SignerError, match=r"next reconnect attempt in [45]\.\d s"):
+            await signer.sign(b"second")
+        assert time.monotonic() - started < 0.05
+        assert (device.fast_failures, device.errors, device.requests) == (1, 2, 2)
+    finally:
+        SwitchableBackend.powered = True
+
+
 async def test_hung_hsm_answers_within_the_deadline_and_never_stalls_softsign() -> None:
     device_sim = YubiHsmDevice()
     public = provision(device_sim)

@@ -92,12 +92,13 @@ class HsmDevice:
 
     async def _run(self, operation: Operation[T], what: str) -> T:
         deadline = trio.current_time() + self.deadline
-        waited = False
+        waited = attempted = False
         with trio.move_on_at(deadline):
             while True:
                 if self._retry_at is not None:
                     if waited or self._retry_at > deadline:
-                        self.fast_failures += 1
+                        if not attempted:
+                            self.fast_failures += 1
                         wait = self._retry_at - trio.current_time()
                         raise SignerError(
                             f"{what}: {self._last_failure} (next reconnect attempt in "
@@ -105,6 +106,7 @@ class HsmDevice:
                         )
                     await trio.sleep_until(self._retry_at)
                     waited = True
+                attempted = True
                 try:
                     result = await trio.to_thread.run_sync(
                         self.connection.execute,
