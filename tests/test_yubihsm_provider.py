@@ -321,7 +321,7 @@ async def test_hung_hsm_answers_within_the_deadline_and_never_stalls_softsign() 
             nursery.start_soon(hsm_requests)
             nursery.start_soon(softsign_requests)
     assert len(failures) == 3 and max(failures) < 0.9
-    assert max(latencies) < 0.05
+    assert max(latencies) < 0.25  # well under the 0.5 s a stall behind the HSM would cost
     hanging.clear()
     release.set()
     with trio.fail_after(5):
