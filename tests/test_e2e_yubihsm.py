@@ -271,6 +271,8 @@ async def test_yubihsm_and_softsign_chains_through_an_hsm_crash(tmp_path: Path) 
                     stop.set()
                 await kms.wait_for(r"YubiHSM is reachable again")
                 await kms.wait_for(r"signed Precommit:[0-9A-F]{10} at h/r/s \d+/0/2")
+                kms.send_signal(signal.SIGTERM)
+                assert await kms.wait() == 0
     finally:
         if simulator.returncode is None:
             simulator.send_signal(signal.SIGTERM)
