@@ -336,14 +336,14 @@ import argparse
 from kms.errors import StateError
 
 def add_commands(subparsers):
-    group = subparsers.add_parser("state", help="state file tools")
+    group = subparsers.add_parser("zz-plugin", help="a plugin's tools")
     group.add_argument("what")
     group.set_defaults(handler=run)
 
 def run(args: argparse.Namespace) -> int:
     if args.what == "fail":
         raise StateError("/var/lib/x.json: corrupt\\nsecond line")
-    print("state", args.what)
+    print("plugin", args.what)
     return 0
 """
 
@@ -361,9 +361,9 @@ def test_command_modules_are_discovered(
     plugin_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (plugin_dir / "zz_state.py").write_text(PLUGIN)
-    assert main(["state", "show"]) == 0
-    assert capsys.readouterr().out == "state show\n"
-    assert main(["state", "fail"]) == 4
+    assert main(["zz-plugin", "show"]) == 0
+    assert capsys.readouterr().out == "plugin show\n"
+    assert main(["zz-plugin", "fail"]) == 4
     assert capsys.readouterr().err == "error: /var/lib/x.json: corrupt second line\n"
 
 
