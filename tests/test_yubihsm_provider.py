@@ -42,6 +42,7 @@ from kms.config import (
 )
 from kms.errors import KeyFileError, SignerError
 from kms.keys import format_public_key
+from kms.ops import KmsMetrics, current_metrics, use_metrics
 from kms.testing.yubihsm import (
     ConnectorServer,
     ManualClock,
@@ -231,6 +232,8 @@ async def test_outage_fails_fast_then_reconnects(rig: Rig) -> None:
     connection = rig.connection()
     backoff = Backoff(initial=0.05, cap=0.2, jitter=0.0)
     device = HsmDevice(connection, deadline=1.5, backoff=backoff)
+    transitions: list[tuple[bool, str | None]] = []
+    device.on_reachability = lambda up, why: transitions.append((up, why))
     signer = YubiHsmEd25519Signer(device, ED_KEY, rig.public[ED_KEY])
     await signer.sign(b"before")
     rig.down()
@@ -251,6 +254,8 @@ async def test_outage_fails_fast_then_reconnects(rig: Rig) -> None:
                 await trio.sleep(0.05)
     VerifyKey(rig.public[ED_KEY]).verify(b"after", signature)
     assert device.available
+    assert [up for up, _ in transitions] == [False, True]
+    assert transitions[0][1] and "YubiHSM" in transitions[0][1]
     assert connection.stats.connection_losses >= 1
     assert connection.stats.reconnects >= 1 or rig.transport == "backend"
     assert connection.stats.session_reopens >= 1
@@ -451,6 +456,31 @@ def test_startup_registers_keys_and_logs_them(
         m.startswith("[keyring:yubihsm] added account secp256k1 key: cosmospub1")
         for m in caplog.messages
     )
+
+
+async def test_startup_hands_its_counters_to_the_metrics_hook(served_rig: Rig) -> None:
+    rig = served_rig
+    doc = yubihsm_config(rig, [{"chain_ids": ["hsm-1"], "key": ED_KEY}])
+    config = config_from_dict(doc, Path("tmkms.toml"), Path.cwd())
+    assert config.yubihsm is not None
+    previous = current_metrics()
+    metrics = KmsMetrics()
+    use_metrics(metrics)
+    try:
+        registry = Registry()
+        add_yubihsm_signers(registry, config.yubihsm, config)
+        signer = registry.consensus("hsm-1")
+        await signer.sign(b"first")
+        rig.clock.advance(31)
+        await signer.sign(b"after expiry")
+        hook = metrics.providers["yubihsm"]
+        assert hook.session_reopens == 1 and hook.reachable
+        rig.down()
+        with pytest.raises(SignerError):
+            await signer.sign(b"down")
+        assert not hook.reachable and hook.last_error and "YubiHSM" in hook.last_error
+    finally:
+        use_metrics(previous)
 
 
 def test_startup_refuses_a_key_of_the_wrong_type(served_rig: Rig) -> None:

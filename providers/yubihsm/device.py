@@ -23,6 +23,7 @@ backoff. Only trio's clock is used for waiting, so tests can drive it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TypeVar
 
 import trio
@@ -65,6 +66,9 @@ class HsmDevice:
         self.requests = 0
         self.errors = 0
         self.fast_failures = 0
+        #: Called with (False, reason) when the device goes down and (True, None) when it is
+        #: back, e.g. ``kms.ops.provider_metrics("yubihsm").set_reachable``.
+        self.on_reachability: Callable[[bool, str | None], None] | None = None
 
     @property
     def limiter(self) -> trio.CapacityLimiter:
@@ -124,6 +128,7 @@ class HsmDevice:
                     raise SignerError(f"{what}: unexpected {type(exc).__name__}: {exc}") from exc
                 if self._retry_at is not None:
                     log.info("YubiHSM is reachable again")
+                    self._report(True, None)
                 self._retry_at = None
                 self._backoff.reset()
                 return result
@@ -133,5 +138,13 @@ class HsmDevice:
         delay = self._backoff.next_delay()
         if self._retry_at is None:
             log.error("%s; retrying in %.2f s", reason, delay)
+            self._report(False, reason)
         self._last_failure = reason
         self._retry_at = trio.current_time() + delay
+
+    def _report(self, reachable: bool, reason: str | None) -> None:
+        if self.on_reachability is not None:
+            try:
+                self.on_reachability(reachable, reason)
+            except Exception:  # monitoring must never break signing
+                log.exception("YubiHSM reachability callback failed")

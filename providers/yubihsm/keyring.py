@@ -42,12 +42,16 @@ def open_connection(config: YubihsmConfig, *, timeout: float | None = None) -> H
     )
 
 
-def load_signers(connection: HsmConnection, config: YubihsmConfig) -> list[tuple[Signer, bool]]:
+def load_signers(
+    connection: HsmConnection, config: YubihsmConfig, device: HsmDevice | None = None
+) -> list[tuple[Signer, bool]]:
     """One signer per configured key, with whether it is an account key (blocking).
 
-    SignerError if the HSM cannot be reached; KeyFileError if a key has the wrong type.
+    All signers share ``device`` (default: a new HsmDevice on ``connection``). SignerError
+    if the HSM cannot be reached; KeyFileError if a key has the wrong type.
     """
-    device = HsmDevice(connection)
+    if device is None:
+        device = HsmDevice(connection)
     signers: list[tuple[Signer, bool]] = []
     for key in config.keys:
         try:
@@ -74,10 +78,15 @@ def add_yubihsm_signers(registry: Registry, yubihsm: YubihsmConfig, config: KmsC
     if not yubihsm.keys:
         return
     from kms.keyring import log_added
+    from kms.ops import provider_metrics
 
     connection = open_connection(yubihsm)
+    device = HsmDevice(connection)
+    metrics = provider_metrics("yubihsm")
+    metrics.count_session_reopens_from(lambda: connection.stats.session_reopens)
+    device.on_reachability = metrics.set_reachable
     try:
-        signers = load_signers(connection, yubihsm)
+        signers = load_signers(connection, yubihsm, device)
     except BaseException:
         connection.close()
         raise
