@@ -348,7 +348,7 @@ def injected(op):
 def fault_open(path, flags, mode=0o777, *, dir_fd=None):
     state = dir_fd is None and isinstance(path, (str, bytes, os.PathLike))
     is_dir = state and os.path.realpath(path) == STATE_DIR
-    state = state and not is_dir and in_state_dir(path) and bool(flags & os.O_CREAT)
+    state = state and not is_dir and in_state_dir(path) and os.fspath(path).endswith(".tmp")
     if state:
         point("before_create")
         injected("open")
