@@ -15,8 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from providers.yubihsm import mnemonic
+from providers.yubihsm.mnemonic import WORDS
 from providers.yubihsm.setup import SetupPlan
-from providers.yubihsm.wordlist import WORDLIST_SHA256, WORDS
+
+# SHA-256 of the BIP-39 English wordlist file (one word a line), as published with BIP-39.
+WORDLIST_SHA256 = "2f5eed53a4727b4bf8880d8f3f199efc90e58503646d9ff8eff3a2ed3b24dbda"
 
 README_PHRASE = (
     "double section release consider diet pilot flip shell mother alone what fantasy "

@@ -27,11 +27,13 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from mnemonic import Mnemonic
 
 from kms.errors import KmsError
 from kms.keys.bech32 import bech32_encode
-from providers.yubihsm.wordlist import WORDS
 
+# The standard BIP-39 English wordlist, as the reference implementation ships it.
+WORDS: tuple[str, ...] = tuple(Mnemonic("english").wordlist)
 ENTROPY_SIZE = 32
 WORD_COUNT = 24
 DERIVATION_VERSION = b"1"
