@@ -17,12 +17,13 @@ registered secret's encodings with ``[REDACTED]``.
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 import logging
+import math
 import os
 import sys
 import threading
+import time
 from typing import Any, Literal, TextIO
 
 # Python logger name (or prefix) -> tmkms tracing target (or prefix).
@@ -93,9 +94,20 @@ def redact(text: str) -> str:
     return text
 
 
+_second_cache: list[tuple[int, str]] = [(-1, "")]
+
+
 def _timestamp(created: float) -> str:
-    moment = datetime.datetime.fromtimestamp(created, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 UTC with microseconds; the date-and-seconds part is formatted once a second."""
+    fraction, whole = math.modf(created)
+    second, micros = int(whole), round(fraction * 1_000_000)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached_second, prefix = _second_cache[0]
+    if second != cached_second:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_cache[0] = (second, prefix)
+    return f"{prefix}.{micros:06d}Z"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from kms.backoff import Backoff
 from kms.chain.hook import apply_state_hook
 from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker
+from kms.chain.writer import StateWriter
 from kms.config import ChainConfig, KmsConfig, ValidatorConfig
 from kms.errors import KmsError
 from kms.handler import RequestHandler
@@ -60,7 +61,7 @@ class Service:
         metrics = use_metrics(metrics if metrics is not None else KmsMetrics())
         registry = build_registry(config)
         trackers: dict[str, ChainTracker] = {}
-        fs_limiter = trio.CapacityLimiter(8)
+        writer = StateWriter(trio.CapacityLimiter(8))
         for chain in config.chains:
             if chain.id not in registry.chains():
                 continue
@@ -69,7 +70,7 @@ class Service:
                 StateFile(chain.state_file),
                 registry.consensus(chain.id),
                 max_height=_max_height(config, chain),
-                fs_limiter=fs_limiter,
+                writer=writer,
             )
             await tracker.open()
             if chain.state_hook is not None:

@@ -90,9 +90,14 @@ class Session:
             request = decode_request(payload, self.version)
             # A request that arrived is answered even during shutdown: the state write is
             # already shielded, and a node that gets its reply does not have to retry.
-            with trio.CancelScope(shield=True), trio.fail_after(self.timeout):
+            # One scope does both jobs: shielded from shutdown, bounded by the timeout.
+            with trio.CancelScope(
+                shield=True, deadline=trio.current_time() + self.timeout
+            ) as scope:
                 response = await self.handler.handle(request)
                 await stream.send_all(frame(encode_response(response, self.version)))
+            if scope.cancelled_caught:
+                raise trio.TooSlowError("request not answered in time")
 
 
 def describe_error(exc: BaseException) -> str:

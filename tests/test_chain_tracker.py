@@ -27,6 +27,7 @@ from kms.chain.tracker import (
     Signed,
     SignRequest,
 )
+from kms.chain.writer import StateWriter
 from kms.errors import DoubleSignError, SignerError, SigningRefused, StateError
 from providers.softsign import Ed25519SoftSigner
 
@@ -363,7 +364,8 @@ async def test_cancelled_during_save_still_completes_the_save(tmp_path: Path) ->
     with trio.fail_after(10):
         store = CountingStore(tmp_path / "state.json")
         signer = CountingSigner()
-        tracker = await ChainTracker.load(CHAIN, store, signer)
+        # a thread write: an inline one finishes before any cancellation can be delivered
+        tracker = await ChainTracker.load(CHAIN, store, signer, writer=StateWriter(inline=False))
         store.delay = 0.2
         with trio.move_on_after(0.02) as scope:
             await tracker.sign(request(5, 0, 1, A))

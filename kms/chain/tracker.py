@@ -20,6 +20,7 @@ memory only, so the state file stays tmkms's format.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Literal
@@ -38,6 +39,7 @@ from kms.chain.state import (
     describe_refusal,
 )
 from kms.chain.store import StateFile
+from kms.chain.writer import StateWriter
 from kms.errors import DoubleSignError, SigningRefused, StateError
 from providers import Signer
 
@@ -114,13 +116,13 @@ class ChainTracker:
         signer: Signer,
         *,
         max_height: int | None = None,
-        fs_limiter: trio.CapacityLimiter | None = None,
+        writer: StateWriter | None = None,
     ) -> None:
         self._chain_id = chain_id
         self._store = store
         self._signer = signer
         self._max_height = max_height
-        self._limiter = fs_limiter
+        self._writer = writer if writer is not None else StateWriter()
         self._lock = trio.Lock()
         self._state: SignState | None = None
         self._last_vote: tuple[SignState, Signed] | None = None
@@ -133,17 +135,17 @@ class ChainTracker:
         signer: Signer,
         *,
         max_height: int | None = None,
-        fs_limiter: trio.CapacityLimiter | None = None,
+        writer: StateWriter | None = None,
     ) -> ChainTracker:
         """Build a tracker and read its state file; StateError if the file is unusable."""
-        tracker = cls(chain_id, store, signer, max_height=max_height, fs_limiter=fs_limiter)
+        tracker = cls(chain_id, store, signer, max_height=max_height, writer=writer)
         await tracker.open()
         return tracker
 
     async def open(self) -> None:
         """Read (or create at height 0) the state file, in a worker thread."""
         async with self._lock:
-            state = await trio.to_thread.run_sync(self._store.load, limiter=self._limiter)
+            state = await trio.to_thread.run_sync(self._store.load)
             self._state = state
             self._last_vote = None
 
@@ -225,7 +227,7 @@ class ChainTracker:
     async def _persist(self, new: SignState) -> None:
         """Save ``new`` durably, then adopt it; shielded so cancellation cannot split them."""
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._store.save, new, limiter=self._limiter)
+            await self._writer.run(functools.partial(self._store.save, new), key=self._chain_id)
             # no checkpoint between the save returning and memory following the disk
             self._state = new
 

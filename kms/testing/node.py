@@ -59,16 +59,21 @@ class SignerClient:
 
     async def request(self, request: Request) -> Response:
         """Send one request and wait for its reply, each step under the node's timeout."""
+        payload = await self.exchange(encode_request(request, self.version))
+        return decode_response(payload, self.version)
+
+    async def exchange(self, payload: bytes) -> bytes:
+        """Send one encoded request and return the encoded reply (lock-step)."""
         async with self._lock:
             with trio.fail_after(self.timeout):
-                await self.stream.send_all(frame(encode_request(request, self.version)))
-            while (payload := self._decoder.next_message()) is None:
+                await self.stream.send_all(frame(payload))
+            while (reply := self._decoder.next_message()) is None:
                 with trio.fail_after(self.timeout):
                     data = await self.stream.receive_some(65536)
                 if not data:
                     raise trio.BrokenResourceError("signer closed the connection")
                 self._decoder.feed(bytes(data))
-            return decode_response(payload, self.version)
+            return reply
 
     async def pub_key(self) -> PublicKey:
         """Ask for the signer's public key, as a node does first."""
