@@ -72,20 +72,22 @@ class StateWriter:
 
     async def run(self, write: Callable[[], T], *, key: str) -> T:
         """Run ``write`` (for chain ``key``) to completion, inline or in a thread."""
-        now = self._clock()
-        inline = self._may_block(key, now)
-        self._last_key, self._last_write = key, now
-        if inline:
-            started = self._clock()
-            try:
-                return write()
-            finally:
-                self.inline_writes += 1
-                if self._clock() - started > self._slow_write:
-                    self._threads_until = self._clock() + self._cool_down
-        self._threaded += 1
+        started = self._clock()
+        inline = self._may_block(key, started)
+        self._last_key = key
         try:
-            return await trio.to_thread.run_sync(write, limiter=self._limiter)
-        finally:
-            self._threaded -= 1
+            if inline:
+                self.inline_writes += 1
+                return write()
+            self._threaded += 1
             self.threaded_writes += 1
+            try:
+                return await trio.to_thread.run_sync(write, limiter=self._limiter)
+            finally:
+                self._threaded -= 1
+        finally:
+            # "recent" counts from the end of a write: the next chain's request may have
+            # been waiting for this one.
+            self._last_write = finished = self._clock()
+            if inline and finished - started > self._slow_write:
+                self._threads_until = finished + self._cool_down
