@@ -34,6 +34,7 @@ from nacl.signing import SigningKey
 from kms.chain.state import BlockRef, SignState
 from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker, Signed, SignRequest
+from kms.chain.writer import StateWriter
 from kms.errors import DoubleSignError, SignerError, SigningRefused, StateError
 from providers.softsign import Ed25519SoftSigner
 
@@ -76,7 +77,12 @@ class FaultyStore(StateFile):
             self.fail_next = False
             raise StateError(f"error writing state to {self.path}: No space left on device")
         if self.cancel is not None:
-            trio.from_thread.run_sync(self.cancel.cancel)
+            try:
+                trio.lowlevel.current_task()
+            except RuntimeError:  # a worker thread
+                trio.from_thread.run_sync(self.cancel.cancel)
+            else:  # written inline, on the event loop
+                self.cancel.cancel()
             self.cancel = None
         super().save(state)
 
@@ -120,20 +126,23 @@ class TrackerModel(RuleBasedStateMachine):
         self.signer = FaultySigner(self.key)
         self.store = FaultyStore(self.folder / "state.json")
         self.max_height: int | None = None
+        self.inline = True
         self.tracker: ChainTracker | None = None
         self.model: Model = (0, 0, 0, "nil")
         self.cache: tuple[Model, Signed] | None = None
         self.book = SignedBook()
         self.steps = 0
 
-    @initialize(max_height=st.none() | st.integers(1, 8))
-    def start(self, max_height: int | None) -> None:
+    @initialize(max_height=st.none() | st.integers(1, 8), inline=st.booleans())
+    def start(self, max_height: int | None, inline: bool) -> None:
         self.max_height = max_height
+        self.inline = inline  # state writes on the event loop, or always in a worker thread
         self.tracker = trio.run(self._load)
 
     async def _load(self) -> ChainTracker:
+        writer = StateWriter(inline=self.inline)
         return await ChainTracker.load(
-            "model-1", self.store, self.signer, max_height=self.max_height
+            "model-1", self.store, self.signer, max_height=self.max_height, writer=writer
         )
 
     def _request(self, kind: str, height: int, round_: int, name: str, ts: int) -> SignRequest:
