@@ -145,13 +145,19 @@ class Signing:
     height: int = 1
     latencies: list[float] = attrs.field(factory=list)
     errors: int = 0
+    due: float = 0.0
 
-    async def one_height(self) -> None:
+    async def one_height(self, interval: float = 0.0) -> None:
         """Propose, prevote and precommit one height, timing each round trip.
 
         Requests are encoded before the clock starts and replies decoded after it stops:
         what is timed is the KMS's answer as the node's socket sees it, not this Python
         node's own message building (a Go node spends microseconds on it).
+
+        With ``interval`` > 0 the requests are paced: each is due ``interval`` seconds after
+        the previous one was due; a request sent late because the previous reply came late
+        has its latency counted from when it was due, so a KMS that falls behind is charged
+        for the queueing it causes.
         """
         block = random_block_id(_RNG)
         client, height, version = self.client, self.height, self.client.version
@@ -163,7 +169,17 @@ class Signing:
         ]
         for request in requests:
             payload = encode_request(request, version)
-            started = time.perf_counter()
+            if interval:
+                self.due = self.due + interval if self.due else time.perf_counter()
+                if self.due > (now := time.perf_counter()):
+                    # on time: the clock starts when the request goes out (a trio sleep can
+                    # overshoot by a millisecond; that is this node's lateness, not the KMS's)
+                    await trio.sleep(self.due - now)
+                    started = time.perf_counter()
+                else:  # behind: the KMS's queueing delay counts
+                    started = self.due
+            else:
+                started = time.perf_counter()
             reply = await client.exchange(payload)
             self.latencies.append(time.perf_counter() - started)
             decoded = decode_response(reply, version)
