@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChainTracker",
     "DoubleSignRefused",
+    "InvalidSignRequest",
     "MaxHeightRefused",
     "SignRequest",
     "Signed",
@@ -57,10 +58,24 @@ __all__ = [
 log = logging.getLogger("kms.chain")
 
 
+class InvalidSignRequest(SigningRefused, ValueError):
+    """A request no honest node sends: a vote at the proposal step, a negative height or round.
+
+    A ValueError to whoever builds the request, and a SigningRefused to the handler, which
+    answers it with a RemoteSignerError instead of dropping the connection. A negative
+    round must never reach the state file: tmkms's format (and our reader) has no sign.
+    """
+
+
 def _check_step(instance: SignRequest, attribute: attrs.Attribute[int], step: int) -> None:
     allowed = (STEP_PROPOSAL,) if instance.kind == "proposal" else (STEP_PREVOTE, STEP_PRECOMMIT)
     if step not in allowed:
-        raise ValueError(f"a {instance.kind} cannot be at step {step}")
+        raise InvalidSignRequest(f"a {instance.kind} cannot be at step {step}")
+
+
+def _non_negative(instance: SignRequest, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 0:
+        raise InvalidSignRequest(f"refusing to sign at a negative {attribute.name}: {value}")
 
 
 @attrs.frozen
@@ -70,8 +85,8 @@ class SignRequest:
     kind: Literal["vote", "proposal"] = attrs.field(
         validator=attrs.validators.in_(("vote", "proposal"))
     )
-    height: int
-    round: int
+    height: int = attrs.field(validator=_non_negative)
+    round: int = attrs.field(validator=_non_negative)
     step: int = attrs.field(validator=_check_step)
     block: BlockRef
     sign_bytes: bytes
