@@ -1,0 +1,549 @@
+"""Hostile input: fuzzing the decoders and the handler, then a hostile node against the process.
+
+Sans-IO first (hypothesis; the `slow` variants run many more examples): any bytes fed to
+the frame decoder, the privval codec or the handshake machine either work or raise
+ProtocolError, nothing else; any request that decodes gets a response from the handler
+(never an exception) and leaves a state file the KMS can start from again.
+
+Then the real `tmkms start`, pinned to its node's peer ID, is dialled into a node that
+misbehaves in a different way on every connection: garbage, oversized length prefixes,
+low-order ephemeral keys, truncated handshakes, an impostor identity, garbage and oversized
+frames after the handshake, unknown oneof fields, wrong chain IDs, tampered ciphertext,
+votes no honest node sends. After each one the process must still be running and serve the
+next, honest connection; at the end it must stop and start again from its state file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+from conftest import fault_counted
+from faultkit import KmsHome, Ledger, ask, block, log_book, start_kms
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from kms.chain.store import StateFile
+from kms.chain.tracker import ChainTracker
+from kms.errors import ProtocolError
+from kms.handler import RequestHandler
+from kms.protocol.codec import decode_request, encode_request
+from kms.protocol.framing import MAX_MESSAGE_SIZE, FrameDecoder, frame
+from kms.protocol.messages import (
+    BlockId,
+    PartSetHeader,
+    PingRequest,
+    Proposal,
+    Request,
+    Response,
+    SignedVoteResponse,
+    SignProposalRequest,
+    SignVoteRequest,
+    Timestamp,
+    Vote,
+)
+from kms.protocol.version import ProtocolVersion
+from kms.protocol.wire import uvarint
+from kms.testing.node import SignerClient, SimulatedNode
+from kms.transport.address import Address
+from kms.transport.handshake import encode_ephemeral_message
+from kms.transport.secret_connection import SecretConnection, peer_id_from_pubkey
+from kms.transport.stream import SecretStream, secret_handshake
+from providers.softsign import Ed25519SoftSigner
+
+CHAIN = "hostile-1"
+VERSIONS = list(ProtocolVersion)
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150)
+FUZZ_LONG = settings(FUZZ, max_examples=2500)
+
+# ---------------------------------------------------------------- sans-IO fuzzing
+
+
+def feed_frames(data: bytes, cuts: list[int]) -> int:
+    """Feed ``data`` cut at ``cuts``; return messages seen. Only ProtocolError may escape."""
+    decoder = FrameDecoder()
+    seen = 0
+    pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    try:
+        for piece in pieces:
+            decoder.feed(piece)
+            while decoder.next_message() is not None:
+                seen += 1
+    except ProtocolError:
+        with pytest.raises(ProtocolError):  # broken for good
+            decoder.next_message()
+    return seen
+
+
+frame_inputs = st.binary(max_size=3000).flatmap(
+    lambda data: st.tuples(
+        st.just(data), st.lists(st.integers(0, len(data)), max_size=8).map(sorted)
+    )
+)
+
+
+@FUZZ
+@given(frame_inputs)
+def test_frame_decoder_takes_any_bytes(case: tuple[bytes, list[int]]) -> None:
+    feed_frames(*case)
+
+
+@pytest.mark.slow
+@FUZZ_LONG
+@given(frame_inputs)
+def test_frame_decoder_takes_any_bytes_long(case: tuple[bytes, list[int]]) -> None:
+    feed_frames(*case)
+
+
+def decode_any(data: bytes) -> list[Request]:
+    decoded = []
+    for version in VERSIONS:
+        with contextlib.suppress(ProtocolError):
+            decoded.append(decode_request(data, version))
+    return decoded
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_privval_decoder_takes_any_bytes(data: bytes) -> None:
+    decode_any(data)
+
+
+def handshake_any(chunks: list[bytes]) -> None:
+    machine = SecretConnection(SigningKey(bytes(32)))
+    try:
+        for chunk in chunks:
+            machine.receive_data(chunk)
+    except ProtocolError:  # HandshakeError is one
+        assert not machine.handshake_complete
+        with pytest.raises(ProtocolError):
+            machine.receive_data(b"more")
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=300), max_size=6))
+def test_handshake_takes_any_bytes(chunks: list[bytes]) -> None:
+    handshake_any(chunks)
+
+
+@FUZZ
+@given(st.binary(min_size=32, max_size=32), st.binary(max_size=2000))
+def test_handshake_after_a_well_formed_key_takes_any_bytes(point: bytes, rest: bytes) -> None:
+    handshake_any([encode_ephemeral_message(point), rest])
+
+
+# Requests no honest node sends: every integer field across its whole wire range.
+int32s = st.integers(-(2**31), 2**31 - 1)
+int64s = st.integers(-(2**63), 2**63 - 1)
+small = st.integers(-3, 6)
+hostile_block_ids = st.one_of(
+    st.just(BlockId()),
+    st.builds(
+        BlockId,
+        hash=st.binary(max_size=40),
+        part_set_header=st.builds(
+            PartSetHeader, total=st.integers(0, 2**32 - 1), hash=st.binary(max_size=40)
+        ),
+    ),
+)
+timestamps = st.builds(Timestamp, seconds=st.integers(0, 2**34), nanos=st.integers(0, 999_999_999))
+vote_types = st.sampled_from([0, 1, 2, 32, 3, 99, -1])
+chain_ids = st.sampled_from([CHAIN, CHAIN, "", "other-chain"])
+hostile_votes = st.builds(
+    Vote,
+    type=vote_types,
+    height=st.one_of(small, int64s),
+    round=st.one_of(small, int32s),
+    block_id=hostile_block_ids,
+    timestamp=timestamps,
+    validator_address=st.binary(max_size=20),
+    validator_index=int32s,
+    extension=st.binary(max_size=10),
+)
+hostile_requests = st.one_of(
+    st.builds(SignVoteRequest, vote=hostile_votes, chain_id=chain_ids),
+    st.builds(
+        SignProposalRequest,
+        proposal=st.builds(
+            Proposal,
+            type=vote_types,
+            height=st.one_of(small, int64s),
+            round=st.one_of(small, int32s),
+            pol_round=st.one_of(small, int32s),
+            block_id=hostile_block_ids,
+            timestamp=timestamps,
+        ),
+        chain_id=chain_ids,
+    ),
+)
+
+
+async def answer_all(requests: list[Request], folder: Path) -> list[Response]:
+    """A real handler (real tracker, state file, key) answers each request in turn."""
+    signer = Ed25519SoftSigner(SigningKey(bytes(range(32))))
+    store = StateFile(folder / "state.json")
+    tracker = await ChainTracker.load(CHAIN, store, signer)
+    handler = RequestHandler(
+        chain_id=CHAIN,
+        version=ProtocolVersion.V0_38,
+        tracker=tracker,
+        signer=signer,
+        sign_extensions=True,
+        peer="hostile",
+    )
+    return [await handler.handle(request) for request in requests]
+
+
+def handle_hostile(requests: list[Request]) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="hostile-", dir=_fast_tmp()))
+    try:
+        wire = []
+        for request in requests:
+            try:
+                data = encode_request(request, ProtocolVersion.V0_38)
+            except (ProtocolError, ValueError, OverflowError):
+                continue  # not even encodable; the decoder fuzz covers raw bytes
+            wire.append(decode_request(data, ProtocolVersion.V0_38))
+        responses = trio.run(answer_all, wire, folder)
+        assert len(responses) == len(wire)
+        for response in responses:
+            if isinstance(response, SignedVoteResponse) and response.vote is not None:
+                assert response.vote.height >= 0 and response.vote.round >= 0
+        # whatever was signed, the KMS can start again from what it wrote
+        StateFile(folder / "state.json").load()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@FUZZ
+@given(st.lists(hostile_requests, min_size=1, max_size=6))
+def test_handler_answers_any_request_and_keeps_a_usable_state_file(
+    requests: list[Request],
+) -> None:
+    handle_hostile(requests)
+
+
+@pytest.mark.slow
+@FUZZ_LONG
+@given(st.lists(hostile_requests, min_size=1, max_size=10))
+def test_handler_answers_any_request_long(requests: list[Request]) -> None:
+    handle_hostile(requests)
+
+
+def test_negative_round_is_refused_and_the_state_file_stays_usable(tmp_path: Path) -> None:
+    """Found by the fuzzer: a vote at round -1 was signed and its state bricked the restart."""
+    vote = Vote(1, 5, -1, BlockId(), Timestamp(1, 0), b"", 0)
+    request: Request = SignVoteRequest(vote=vote, chain_id=CHAIN)
+    responses = trio.run(answer_all, [request], tmp_path)
+    assert isinstance(responses[0], SignedVoteResponse)
+    assert responses[0].vote is None and responses[0].error is not None
+    assert StateFile(tmp_path / "state.json").load().hrs == (0, 0, 0)
+
+
+def test_vote_with_the_proposal_type_is_refused(tmp_path: Path) -> None:
+    """Found by the fuzzer: a vote typed PROPOSAL raised ValueError out of the handler."""
+    vote = Vote(32, 5, 0, BlockId(), Timestamp(1, 0), b"", 0)
+    request: Request = SignVoteRequest(vote=vote, chain_id=CHAIN)
+    responses = trio.run(answer_all, [request], tmp_path)
+    assert isinstance(responses[0], SignedVoteResponse)
+    assert responses[0].vote is None and responses[0].error is not None
+
+
+def _fast_tmp() -> str | None:
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() else None
+
+
+# ---------------------------------------------------------------- a hostile node, real process
+
+
+class Tamper(trio.abc.Stream):
+    """Passes bytes through, but flips one bit of the ``nth`` write (ciphertext tampering)."""
+
+    def __init__(self, inner: trio.abc.Stream, nth: int) -> None:
+        self.inner = inner
+        self.nth = nth
+        self.writes = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        if self.writes == self.nth:
+            flipped = bytearray(data)
+            flipped[len(flipped) // 2] ^= 0x10
+            data = flipped
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return bytes(await self.inner.receive_some(max_bytes))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def until_closed(stream: trio.abc.Stream) -> None:
+    """Read until the KMS hangs up (it must, within the test's patience)."""
+    with trio.fail_after(10):
+        try:
+            while await stream.receive_some(65536):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await trio.aclose_forcefully(stream)
+
+
+Scenario = Callable[["HostileNode", trio.SocketStream], Awaitable[None]]
+
+
+class HostileNode:
+    """The listening side: one scenario per KMS connection, an honest session after each."""
+
+    def __init__(self, node: SimulatedNode, home: KmsHome) -> None:
+        self.node = node
+        self.home = home
+        self.ledger = Ledger(home.chain_id, home.verify_key)
+        self.rng = random.Random(9)
+        self.height = 0
+        self.requests = 0
+
+    async def raw(self) -> trio.SocketStream:
+        assert self.node.listener is not None
+        with trio.fail_after(10):
+            stream = await self.node.listener.accept()
+        assert isinstance(stream, trio.SocketStream)
+        return stream
+
+    async def secret(
+        self, stream: trio.abc.Stream, identity: SigningKey | None = None
+    ) -> SecretStream:
+        with trio.fail_after(5):
+            return await secret_handshake(stream, identity or self.node.identity)
+
+    def client(self, stream: trio.abc.Stream) -> SignerClient:
+        return SignerClient(stream=stream, chain_id=CHAIN, version=self.node.version)
+
+    async def honest(self) -> None:
+        """A well-behaved connection gets a verified proposal and both votes."""
+        client = self.client(await self.secret(await self.raw()))
+        self.height += 1
+        block_id = block(self.rng)
+        for step in (0, 1, 2):
+            self.requests += 1
+            assert await ask(client, self.ledger, step, (self.height, 0, block_id))
+        await trio.aclose_forcefully(client.stream)
+
+
+async def garbage_first(h: HostileNode, raw: trio.SocketStream) -> None:
+    await raw.send_all(h.rng.randbytes(64))
+    await until_closed(raw)
+
+
+async def oversized_handshake_prefix(h: HostileNode, raw: trio.SocketStream) -> None:
+    await raw.send_all(uvarint(1 << 40) + b"\x0a\x20")
+    await until_closed(raw)
+
+
+async def low_order_point(h: HostileNode, raw: trio.SocketStream) -> None:
+    point = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+    await raw.send_all(encode_ephemeral_message(point))
+    await until_closed(raw)
+
+
+async def all_zero_point_high_bit(h: HostileNode, raw: trio.SocketStream) -> None:
+    await raw.send_all(encode_ephemeral_message(bytes(31) + b"\x80"))
+    await until_closed(raw)
+
+
+async def truncated_handshake(h: HostileNode, raw: trio.SocketStream) -> None:
+    await raw.send_all(encode_ephemeral_message(h.rng.randbytes(32))[:20])
+    await raw.aclose()
+
+
+async def impostor(h: HostileNode, raw: trio.SocketStream) -> None:
+    """A valid handshake by the wrong identity: the pinned peer ID must refuse it."""
+    with trio.fail_after(5):
+        try:
+            stream = await secret_handshake(raw, SigningKey.generate())
+        except trio.BrokenResourceError:
+            return
+    await until_closed(stream)
+
+
+async def garbage_frame(h: HostileNode, raw: trio.SocketStream) -> None:
+    stream = await h.secret(raw)
+    await stream.send_all(frame(h.rng.randbytes(200)))
+    await until_closed(stream)
+
+
+async def oversized_frame_prefix(h: HostileNode, raw: trio.SocketStream) -> None:
+    stream = await h.secret(raw)
+    await stream.send_all(uvarint(MAX_MESSAGE_SIZE + 1))
+    await until_closed(stream)
+
+
+async def huge_garbage_message(h: HostileNode, raw: trio.SocketStream) -> None:
+    stream = await h.secret(raw)
+    await stream.send_all(frame(b"\xff" * (MAX_MESSAGE_SIZE - 10)))
+    await until_closed(stream)
+
+
+async def truncated_frame(h: HostileNode, raw: trio.SocketStream) -> None:
+    stream = await h.secret(raw)
+    data = frame(encode_request(PingRequest(), h.node.version) + b"\x3a\x00" * 20)
+    await stream.send_all(data[: len(data) // 2])
+    await stream.aclose()
+
+
+async def unknown_oneof_only(h: HostileNode, raw: trio.SocketStream) -> None:
+    stream = await h.secret(raw)
+    await stream.send_all(frame(uvarint(99 << 3 | 2) + b"\x01x"))
+    await until_closed(stream)
+
+
+async def unknown_field_beside_a_ping(h: HostileNode, raw: trio.SocketStream) -> None:
+    """Unknown fields are skipped like Go does: the ping is answered, the link stays."""
+    stream = await h.secret(raw)
+    client = h.client(stream)
+    await stream.send_all(frame(encode_request(PingRequest(), h.node.version) + b"\xa0\x06\x05"))
+    reply = await client.request(PingRequest())  # the first reply is already queued
+    assert type(reply).__name__ == "PingResponse"
+    await client.ping()
+    await trio.aclose_forcefully(stream)
+
+
+async def tampered_ciphertext(h: HostileNode, raw: trio.SocketStream) -> None:
+    stream = await h.secret(Tamper(raw, nth=3))  # writes 1-2 are the handshake
+    await stream.send_all(frame(encode_request(PingRequest(), h.node.version)))
+    await until_closed(stream)
+
+
+async def wrong_chain_and_odd_votes(h: HostileNode, raw: trio.SocketStream) -> None:
+    """Answered with RemoteSignerError; the connection stays and signs the next request."""
+    client = h.client(await h.secret(raw))
+    h.height += 1
+    odd = [
+        SignVoteRequest(
+            vote=Vote(1, h.height, 0, BlockId(), Timestamp(1, 0), b"", 0), chain_id="other-9"
+        ),
+        SignVoteRequest(
+            vote=Vote(1, h.height, -1, BlockId(), Timestamp(1, 0), b"", 0), chain_id=CHAIN
+        ),
+        SignVoteRequest(
+            vote=Vote(32, h.height, 0, BlockId(), Timestamp(1, 0), b"", 0), chain_id=CHAIN
+        ),
+        SignVoteRequest(
+            vote=Vote(0, h.height, 0, BlockId(), Timestamp(1, 0), b"", 0), chain_id=CHAIN
+        ),
+        SignVoteRequest(vote=Vote(2, -7, 0, BlockId(), Timestamp(1, 0), b"", 0), chain_id=CHAIN),
+    ]
+    for request in odd:
+        h.requests += 1
+        reply = await client.request(request)
+        assert isinstance(reply, SignedVoteResponse), reply
+        assert reply.error is not None, (request, reply)
+        assert reply.vote is None or not reply.vote.signature, (request, reply)
+    h.requests += 1
+    assert await ask(client, h.ledger, 1, (h.height, 0, block(h.rng)))
+    await trio.aclose_forcefully(client.stream)
+
+
+SCENARIOS: list[Scenario] = [
+    garbage_first,
+    oversized_handshake_prefix,
+    low_order_point,
+    all_zero_point_high_bit,
+    truncated_handshake,
+    impostor,
+    garbage_frame,
+    oversized_frame_prefix,
+    huge_garbage_message,
+    truncated_frame,
+    unknown_oneof_only,
+    unknown_field_beside_a_ping,
+    tampered_ciphertext,
+    wrong_chain_and_odd_votes,
+]
+
+
+async def hostile_run(tmp_path: Path, scenarios: list[Scenario]) -> None:
+    home = KmsHome.create(tmp_path, chain_id=CHAIN)
+    node = SimulatedNode(chain_id=CHAIN)
+    await node.listen(Address(scheme="tcp", host="127.0.0.1", port=0))
+    assert node.address is not None
+    pinned = f"tcp://{peer_id_from_pubkey(bytes(node.identity.verify_key))}@127.0.0.1:{node.address.port}"
+    config = home.write_config([pinned])
+    hostile = HostileNode(node, home)
+    async with start_kms(config) as kms:
+        await hostile.honest()
+        for scenario in scenarios:
+            await scenario(hostile, await hostile.raw())
+            assert kms.process.returncode is None, f"the KMS died after {scenario.__name__}"
+            await hostile.honest()
+        await kms.wait_for(
+            r"validator peer ID mismatch", count=sum(s is impostor for s in scenarios)
+        )
+        lines = list(kms.lines)
+    assert kms.process.returncode == 0, "\n".join(kms.lines[-20:])
+    assert not [line for line in lines if "Traceback" in line or "unexpected error" in line], lines
+    # and it starts again from what it wrote
+    async with start_kms(config):
+        await hostile.honest()
+    await node.aclose()
+    conflicts = hostile.ledger.conflicts() + log_book(lines).conflicts()
+    fault_counted(
+        "hostile node, real process",
+        hostile_connections=len(scenarios),
+        requests=hostile.requests,
+        signatures=hostile.ledger.signatures,
+        conflicts=len(conflicts),
+    )
+    assert not conflicts
+
+
+async def test_hostile_node_against_the_process(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        await hostile_run(tmp_path, SCENARIOS)
+
+
+@pytest.mark.slow
+async def test_hostile_node_many_times(tmp_path: Path) -> None:
+    """Every scenario several times, in a seeded random order."""
+    order = SCENARIOS * 5
+    random.Random(4).shuffle(order)
+    with trio.fail_after(150):
+        await hostile_run(tmp_path, order)
+
+
+async def test_garbage_on_a_unix_socket(tmp_path: Path) -> None:
+    """Plaintext privval: random garbage on many connections never stops the process."""
+    home = KmsHome.create(tmp_path, chain_id=CHAIN)
+    node = SimulatedNode(chain_id=CHAIN)
+    await node.listen(Address(scheme="unix", path=str(tmp_path / "pv.sock")))
+    config = home.write_config([str(node.address)])
+    hostile = HostileNode(node, home)
+    rng = random.Random(77)
+    with trio.fail_after(40):
+        async with start_kms(config) as kms:
+            for _ in range(12):
+                raw = await hostile.raw()
+                await raw.send_all(rng.randbytes(rng.randint(1, 400)))
+                with trio.move_on_after(0.2):
+                    await until_closed(raw)
+                await trio.aclose_forcefully(raw)
+                assert kms.process.returncode is None
+            client = hostile.client(await hostile.raw())
+            assert await ask(client, hostile.ledger, 1, (1, 0, block(rng)))
+            await trio.aclose_forcefully(client.stream)
+    await node.aclose()
+    fault_counted(
+        "hostile unix garbage", hostile_connections=12, signatures=hostile.ledger.signatures
+    )
