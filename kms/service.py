@@ -188,6 +188,22 @@ def run(config: KmsConfig, *, verbose: bool = False) -> int:
     # One KMS per state file, for this process's whole life (see kms.lock).
     state_files = [chain.state_file for chain in config.chains]
     with lock_state_files(state_files, wait=LOCK_WAIT, purpose="refusing to start a second KMS"):
-        trio.run(_serve_until_signal, config)
+        try:
+            trio.run(_serve_until_signal, config)
+        except BaseExceptionGroup as group:
+            # A KmsError raised inside the serving nursery (an unreadable secret_key, say)
+            # reaches the CLI as itself: one error line and its exit code, not a traceback.
+            leaves = _leaf_errors(group)
+            if len(leaves) != 1 or not isinstance(leaves[0], KmsError):
+                raise
+            raise leaves[0]  # noqa: B904 - its own __cause__ already says why
     log.info("shutdown complete")
     return 0
+
+
+def _leaf_errors(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside ``group`` and its nested groups."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaf_errors(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
