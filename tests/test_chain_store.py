@@ -320,3 +320,155 @@ def test_parent_is_a_file(tmp_path: Path) -> None:
 def test_missing_folder_on_first_load(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="nowhere"):
         StateFile(tmp_path / "nowhere" / "s.json").load()
+
+
+# ---------------------------------------------------------------- save_all: the group commit
+
+
+def _fd_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def _inject(monkeypatch: pytest.MonkeyPatch, op: str, exc: BaseException, target: str) -> None:
+    """Make ``os.<op>`` raise ``exc`` when it touches a path containing ``target``."""
+    real = getattr(os, op)
+
+    def touched(args: tuple[Any, ...]) -> str:
+        paths = [a for a in args[:2] if isinstance(a, str | bytes | os.PathLike)]
+        return _fd_path(args[0]) if isinstance(args[0], int) else " ".join(map(str, paths))
+
+    def patched(*args: Any, **kwargs: Any) -> Any:
+        if target in touched(args):
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store_module.os, op, patched)
+
+
+def _five_files(tmp_path: Path) -> list[StateFile]:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    files = [StateFile(tmp_path / ("a" if i < 3 else "b") / f"c{i}.json") for i in range(5)]
+    for state_file in files:
+        state_file.save(SignState.INITIAL)
+    return files
+
+
+def _states(count: int) -> list[SignState]:
+    return [SignState(100 + i, i, 2, BLOCK) for i in range(count)]
+
+
+def _leftovers(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp"))
+
+
+def test_save_all_fsyncs_every_file_renames_then_fsyncs_each_folder_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _five_files(tmp_path)
+    states = _states(5)
+    events = _record_io(monkeypatch)
+    outcomes = store_module.save_all(list(zip(files, states, strict=True)))
+    monkeypatch.undo()
+    assert outcomes == [None] * 5
+    kinds = [name for name, _ in events]
+    assert kinds == ["fsync-file"] * 5 + ["replace"] * 5 + ["fsync-dir"] * 2
+    synced = [inode for name, inode in events if name == "fsync-file"]
+    renamed = [inode for name, inode in events if name == "replace"]
+    assert synced == renamed == [f.path.stat().st_ino for f in files]  # each one it renamed
+    folders = {inode for name, inode in events if name == "fsync-dir"}
+    assert folders == {(tmp_path / "a").stat().st_ino, (tmp_path / "b").stat().st_ino}
+    assert [f.load() for f in files] == states
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("op", "err"),
+    [
+        ("open", errno.EACCES),
+        ("write", errno.ENOSPC),
+        ("fsync", errno.EIO),
+        ("replace", errno.EROFS),
+    ],
+)
+def test_save_all_fails_only_the_item_that_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, op: str, err: int
+) -> None:
+    files = _five_files(tmp_path)
+    states = _states(5)
+    _inject(monkeypatch, op, OSError(err, os.strerror(err)), ".c2.json.")  # c2's temp file
+    outcomes = store_module.save_all(list(zip(files, states, strict=True)))
+    monkeypatch.undo()
+    failed = outcomes[2]
+    assert isinstance(failed, StateError)
+    assert "c2.json" in str(failed)
+    assert isinstance(failed.__cause__, OSError)
+    assert failed.__cause__.errno == err
+    assert outcomes[:2] + outcomes[3:] == [None] * 4
+    assert files[2].load() == SignState.INITIAL  # old file intact
+    assert [f.load() for i, f in enumerate(files) if i != 2] == states[:2] + states[3:]
+    assert _leftovers(tmp_path) == []
+
+
+def test_save_all_folder_fsync_failure_fails_every_item_of_that_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _five_files(tmp_path)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if _fd_path(fd) == str(tmp_path / "a"):
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_module.os, "fsync", fsync)
+    outcomes = store_module.save_all(list(zip(files, _states(5), strict=True)))
+    monkeypatch.undo()
+    for index in range(3):  # folder a: each fails, naming its own file
+        error = outcomes[index]
+        assert isinstance(error, StateError)
+        assert f"folder of state file {files[index].path}" in str(error)
+        assert isinstance(error.__cause__, OSError)
+        assert error.__cause__.errno == errno.EIO
+    assert outcomes[3:] == [None, None]
+    assert [f.load() for f in files[3:]] == _states(5)[3:]
+
+
+def test_save_all_same_file_twice_keeps_the_last(tmp_path: Path) -> None:
+    state_file = StateFile(tmp_path / "s.json")
+    first, second = _states(2)
+    assert store_module.save_all([(state_file, first), (state_file, second)]) == [None, None]
+    assert state_file.load() == second
+    assert _leftovers(tmp_path) == []
+
+
+def test_save_all_cleans_up_after_an_unexpected_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _five_files(tmp_path)
+    open_fds = len(os.listdir("/proc/self/fd"))
+    _inject(monkeypatch, "fsync", RuntimeError("bug"), ".c3.json.")
+    with pytest.raises(RuntimeError, match="bug"):
+        store_module.save_all(list(zip(files, _states(5), strict=True)))
+    monkeypatch.undo()
+    assert len(os.listdir("/proc/self/fd")) == open_fds  # every temp file closed
+    assert _leftovers(tmp_path) == []  # and removed
+    assert [f.load() for f in files] == [SignState.INITIAL] * 5  # nothing was renamed
+
+
+def test_save_all_of_nothing(tmp_path: Path) -> None:
+    assert store_module.save_all([]) == []
+
+
+def test_phases_must_run_in_order(tmp_path: Path) -> None:
+    state_file = StateFile(tmp_path / "s.json")
+    temp = state_file.write_temp(STATE)
+    with pytest.raises(ValueError, match="synced before"):
+        state_file.install(temp)
+    state_file.sync_temp(temp)
+    with pytest.raises(ValueError, match="already synced"):
+        state_file.sync_temp(temp)
+    state_file.install(temp)
+    state_file.sync_folder()
+    assert state_file.load() == STATE
+    assert _leftovers(tmp_path) == []

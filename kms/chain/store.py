@@ -22,8 +22,11 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from kms.chain.filepv import parse_cometbft_state
 from kms.chain.state import (
@@ -35,7 +38,14 @@ from kms.chain.state import (
 )
 from kms.errors import StateError
 
-__all__ = ["StateFile", "format_state", "parse_cometbft_state", "parse_state"]
+__all__ = [
+    "StateFile",
+    "TempFile",
+    "format_state",
+    "parse_cometbft_state",
+    "parse_state",
+    "save_all",
+]
 
 _DECIMAL = re.compile(r"[0-9]+\Z")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*\Z")
@@ -128,12 +138,21 @@ def parse_state(text: str | bytes) -> SignState:
     )
 
 
+@attrs.define
+class TempFile:
+    """A temp file written by :meth:`StateFile.write_temp`; ``fd`` is None once synced."""
+
+    path: str
+    fd: int | None
+
+
 class StateFile:
     """One chain's state file: tolerant, strict-where-it-matters reads; durable writes."""
 
     def __init__(self, path: Path) -> None:
         self._path = Path(path)
         self._dir = self._path.parent
+        self._folder = os.path.abspath(self._dir)
         self._temp_prefix = f".{self._path.name}."
 
     @property
@@ -167,6 +186,18 @@ class StateFile:
         """Durably replace the file with ``state``; StateError (old file intact) on failure.
 
         Temp file in the same folder -> write -> fsync -> rename over -> fsync the folder.
+        The phases are the methods below, which :func:`save_all` runs for many files at once.
+        """
+        temp = self.write_temp(state)
+        self.sync_temp(temp)
+        self.install(temp)
+        self.sync_folder()
+
+    def write_temp(self, state: SignState) -> TempFile:
+        """Phase 1: create a temp file beside the state file and write ``state`` into it.
+
+        The file is left open for :meth:`sync_temp`. StateError (nothing left behind) on
+        failure.
         """
         payload = format_state(state)
         name = f"{self._temp_prefix}{os.getpid()}.{next(_TEMP_COUNTER)}.tmp"
@@ -174,19 +205,47 @@ class StateFile:
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         except OSError as exc:
-            raise StateError(f"error writing state to {self._path}: {exc}") from exc
+            raise self._write_error(exc) from exc
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            _close_quietly(fd)
+            _unlink_quietly(temp)
+            raise self._write_error(exc) from exc
+        return TempFile(temp, fd)
+
+    def sync_temp(self, temp: TempFile) -> None:
+        """Phase 2: fsync and close the temp file; StateError (temp removed) on failure."""
+        fd, temp.fd = temp.fd, None
+        if fd is None:
+            raise ValueError(f"temp file {temp.path} was already synced or discarded")
         try:
             try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temp, self._path)
         except OSError as exc:
-            _unlink_quietly(temp)
-            raise StateError(f"error writing state to {self._path}: {exc}") from exc
+            _unlink_quietly(temp.path)
+            raise self._write_error(exc) from exc
+
+    def install(self, temp: TempFile) -> None:
+        """Phase 3: rename the synced temp file over the state file.
+
+        Not durable until :meth:`sync_folder`. StateError (temp removed, old file intact) on
+        failure.
+        """
+        if temp.fd is not None:
+            raise ValueError(f"temp file {temp.path} must be synced before it is installed")
+        try:
+            os.replace(temp.path, self._path)
+        except OSError as exc:
+            _unlink_quietly(temp.path)
+            raise self._write_error(exc) from exc
+
+    def sync_folder(self) -> None:
+        """Phase 4: fsync the folder, making every rename in it durable; StateError on failure."""
         try:
             dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
@@ -194,10 +253,91 @@ class StateFile:
             finally:
                 os.close(dir_fd)
         except OSError as exc:
-            raise StateError(f"error syncing the folder of state file {self._path}: {exc}") from exc
+            raise self._folder_error(exc) from exc
+
+    @property
+    def folder(self) -> str:
+        """The folder holding the state file, as an absolute path (one fsync per folder)."""
+        return self._folder
+
+    def _folder_error(self, exc: BaseException) -> StateError:
+        return StateError(f"error syncing the folder of state file {self._path}: {exc}")
+
+    def _write_error(self, exc: BaseException) -> StateError:
+        return StateError(f"error writing state to {self._path}: {exc}")
 
     def __repr__(self) -> str:
         return f"StateFile({str(self._path)!r})"
+
+
+def save_all(saves: Sequence[tuple[StateFile, SignState]]) -> list[StateError | None]:
+    """Durably save several state files at once (a group commit); one outcome per item.
+
+    Each item gets exactly the guarantee of :meth:`StateFile.save`: its temp file is fsync'd
+    before the rename over its state file, and its folder is fsync'd after that rename,
+    before this returns. The phases run across all items: every temp file is written (and
+    its writeback started, so the first fsync's journal commit tends to carry the others'
+    data), then each is fsync'd, then each is renamed, then each distinct folder is fsync'd
+    once. Items naming the same file are renamed in order: the last one wins.
+
+    Returns None for an item now durable, or the StateError ``save`` would have raised. A
+    failed write, fsync or rename fails that item only (old file intact, temp removed); a
+    failed folder fsync fails every item renamed in that folder.
+    """
+    outcomes: list[StateError | None] = [None] * len(saves)
+    temps: list[TempFile | None] = [None] * len(saves)
+    folders: dict[str, list[int]] = {}
+    try:
+        for index, (store, state) in enumerate(saves):
+            try:
+                temps[index] = store.write_temp(state)
+            except StateError as exc:
+                outcomes[index] = exc
+        for temp in temps:
+            if temp is not None and temp.fd is not None:
+                _start_writeback(temp.fd)
+        for index, temp in enumerate(temps):
+            if temp is not None:
+                try:
+                    saves[index][0].sync_temp(temp)
+                except StateError as exc:
+                    outcomes[index], temps[index] = exc, None
+        for index, temp in enumerate(temps):
+            if temp is not None:
+                store, temps[index] = saves[index][0], None
+                try:
+                    store.install(temp)
+                except StateError as exc:
+                    outcomes[index] = exc
+                else:
+                    folders.setdefault(store.folder, []).append(index)
+    finally:
+        for temp in temps:  # left over only when something unexpected was raised
+            if temp is not None:
+                if temp.fd is not None:
+                    _close_quietly(temp.fd)
+                _unlink_quietly(temp.path)
+    for members in folders.values():
+        try:
+            saves[members[0]][0].sync_folder()
+        except StateError as exc:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            for index in members:
+                error = saves[index][0]._folder_error(cause)
+                error.__cause__ = cause
+                outcomes[index] = error
+    return outcomes
+
+
+def _start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s data now; a hint, the fsync still follows."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _unlink_quietly(path: str) -> None:

@@ -1,4 +1,4 @@
-"""Where durable state writes run: inline when the process is idle, else in worker threads.
+"""Where durable state writes run: inline when the process is idle, else batched in a thread.
 
 A state write blocks for one fsync of the file and one of its folder (about 0.4 ms on this
 project's machines). Handing it to a worker thread keeps the event loop free for the other
@@ -9,28 +9,60 @@ writer decides per write:
 - inline, when no other chain has written in the last few milliseconds, no threaded write is
   in flight and no other task is waiting to run: blocking the loop then delays nobody who
   is ready (at worst, a request arriving during the write waits for it, once);
-- in a worker thread otherwise, so that chains signing at the same time overlap their
-  fsyncs (trio runs the tasks woken together one after another, so "another chain wrote
-  just now" is what reveals them, not the run queue);
+- otherwise in a worker thread, so that chains signing at the same time do not wait for
+  each other's fsyncs on the loop (trio runs the tasks woken together one after another,
+  so "another chain wrote just now" is what reveals them, not the run queue);
 - in a worker thread for a while after an inline write turned out slow (a disk stall), so a
   sick disk never holds up the whole process more than once per cool-down.
 
-Either way the write has finished, durably, before :meth:`StateWriter.run` returns.
+State file saves that go to a thread are group-committed: while one batch is being written,
+the saves of other chains queue, and the next batch takes them all in one thread call
+(:func:`kms.chain.store.save_all`: every temp file fsync'd, then renamed, then one fsync per
+folder). With 50 chains signing flat out this replaces one thread round trip and two
+journal commits per signature with a few per batch. Each caller still gets exactly its own
+file's guarantee, and its own error.
+
+Either way the write has finished, durably, before :meth:`StateWriter.run` returns. A save
+that has joined the queue is never abandoned: its caller waits for it even if cancelled
+(the cancellation is delivered at the caller's next checkpoint), as a caller waiting for a
+worker thread does.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
+import attrs
 import trio
+
+from kms.chain.state import SignState
+from kms.chain.store import StateFile, save_all
+from kms.errors import StateError
 
 T = TypeVar("T")
 
 SLOW_WRITE = 0.005  # seconds; an inline write slower than this is a disk stall
 BUSY_WINDOW = 0.005  # seconds; another chain's write this recent means chains are concurrent
 COOL_DOWN = 30.0  # seconds of threaded writes after a stall
+
+# The one function whose calls may be batched. A subclass overriding ``save`` (a test's
+# fault injection, say) or a patched class attribute is not this function: such writes run
+# as they are, one by one.
+_SAVE = StateFile.save
+
+
+@attrs.define(eq=False)
+class _Queued:
+    """One save waiting for (or in) a batch."""
+
+    store: StateFile
+    state: SignState
+    taken: bool = False  # in a batch being written
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: BaseException | None = None
 
 
 class StateWriter:
@@ -60,18 +92,40 @@ class StateWriter:
         self._clock = clock
         self._threaded = 0
         self._threads_until = float("-inf")
+        self._queue: list[_Queued] = []
+        self._committing = False  # a batch is being written
+        self._slot_free = trio.Event()
         self.inline_writes = 0
         self.threaded_writes = 0
+        self.batches = 0
+        self.batched_writes = 0
 
     def _may_block(self, key: str, now: float) -> bool:
-        if not self._inline or self._threaded or now < self._threads_until:
+        if not self._inline or self._threaded or self._committing or now < self._threads_until:
             return False
         if key != self._last_key and now - self._last_write < self._busy_window:
             return False
         return trio.lowlevel.current_statistics().tasks_runnable == 0
 
     async def run(self, write: Callable[[], T], *, key: str) -> T:
-        """Run ``write`` (for chain ``key``) to completion, inline or in a thread."""
+        """Run ``write`` (for chain ``key``) to completion, inline or in a thread.
+
+        ``write`` being ``functools.partial(store.save, state)`` for a :class:`StateFile`
+        is recognised: such a write is the same as :meth:`save`, and may be batched.
+        """
+        return await self._run(write, key, _as_save(write))
+
+    async def save(self, store: StateFile, state: SignState, *, key: str) -> None:
+        """Durably save ``state`` to ``store`` (for chain ``key``): inline, or group-committed.
+
+        Raises the StateError of :meth:`StateFile.save` when this save failed (another
+        chain's failure in the same batch is not this caller's).
+        """
+        await self._run(functools.partial(store.save, state), key, (store, state))
+
+    async def _run(
+        self, write: Callable[[], T], key: str, saving: tuple[StateFile, SignState] | None
+    ) -> T:
         started = self._clock()
         inline = self._may_block(key, started)
         self._last_key = key
@@ -79,6 +133,9 @@ class StateWriter:
             if inline:
                 self.inline_writes += 1
                 return write()
+            if saving is not None:  # write is store.save(state): join the group commit
+                await self._commit(_Queued(*saving))
+                return cast(T, None)
             self._threaded += 1
             self.threaded_writes += 1
             try:
@@ -91,3 +148,67 @@ class StateWriter:
             self._last_write = finished = self._clock()
             if inline and finished - started > self._slow_write:
                 self._threads_until = finished + self._cool_down
+
+    async def _commit(self, item: _Queued) -> None:
+        """Queue ``item``, lead a batch if one may start, and wait until ``item`` is done.
+
+        Shielded: once queued, an item is written and its caller waits for the outcome.
+        """
+        self._queue.append(item)
+        with trio.CancelScope(shield=True):
+            while not item.taken:
+                if not self._committing:
+                    await self._lead()  # its batch takes the whole queue, ``item`` included
+                else:
+                    await self._slot_free.wait()
+            await item.done.wait()
+        if item.error is not None:
+            raise item.error
+
+    async def _lead(self) -> None:
+        """Write every queued item in one thread call; wake their callers.
+
+        One batch at a time: measured with 50 chains, letting a second batch start while one
+        is being written only made the batches smaller (and the thread round trips more).
+        """
+        batch, self._queue = self._queue, []
+        for item in batch:
+            item.taken = True
+        self._committing = True
+        self.batches += 1
+        self.batched_writes += len(batch)
+        outcomes: list[StateError | None] = []
+        try:
+            saves = [(item.store, item.state) for item in batch]
+            outcomes = await trio.to_thread.run_sync(save_all, saves, limiter=self._limiter)
+        except BaseException as exc:  # a bug, not a disk error: nobody's save is known durable
+            outcomes = [_unknown_outcome(item, exc) for item in batch]
+            raise
+        finally:
+            self._committing = False
+            for index, item in enumerate(batch):  # every caller is woken, whatever happened
+                item.error = outcomes[index] if index < len(outcomes) else _unknown_outcome(item)
+                item.done.set()
+            if self._queue:  # the callers queued meanwhile: one of them leads the next batch
+                self._slot_free.set()
+                self._slot_free = trio.Event()
+
+
+def _unknown_outcome(item: _Queued, exc: BaseException | None = None) -> StateError:
+    """The error of an item whose batch ended without saying whether it was saved."""
+    error = StateError(f"error writing state to {item.store.path}: the batch failed: {exc!r}")
+    error.__cause__ = exc
+    return error
+
+
+def _as_save(write: Callable[[], object]) -> tuple[StateFile, SignState] | None:
+    """``(store, state)`` if ``write`` is exactly ``partial(store.save, state)``."""
+    if type(write) is not functools.partial or write.keywords or len(write.args) != 1:
+        return None
+    method, state = write.func, write.args[0]
+    store = getattr(method, "__self__", None)
+    if getattr(method, "__func__", None) is not _SAVE or not isinstance(store, StateFile):
+        return None
+    if not isinstance(state, SignState):
+        return None
+    return store, state
