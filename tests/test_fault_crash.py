@@ -161,13 +161,13 @@ async def test_power_cut_emulation_catches_a_store_that_skips_fsync(tmp_path: Pa
 
 
 async def kill_loop(tmp_path: Path, transport: str, kills: int, seed: int) -> None:
-    """Sign continuously, SIGKILL at a random instant, restart, probe, repeat ``kills`` times."""
+    """Sign continuously, kill at a random instant, restart, probe, repeat ``kills`` times."""
     home = KmsHome.create(tmp_path)
     rng = random.Random(seed)
     ledger = Ledger(home.chain_id, home.verify_key)
     walker = Walker(ledger, rng)
     lines: list[str] = []
-    probes = 0
+    probes = terms = 0
     previous: set[tuple[int, int, int]] = set()
     async with simulated_node(home.chain_id, laddr_for(tmp_path, transport)) as node:
         config = home.write_config([str(node.address)])
@@ -190,26 +190,30 @@ async def kill_loop(tmp_path: Path, transport: str, kills: int, seed: int) -> No
                     await walker.walk(client, heights=2)
                     lines += kms.lines
                     break
+                # mostly SIGKILL; now and then SIGTERM, which must finish the request in flight
+                signum = signal.SIGTERM if rng.random() < 0.25 else signal.SIGKILL
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(walker.walk, client)
                     await trio.sleep(rng.uniform(0.0, 0.25))
-                    kms.send_signal(signal.SIGKILL)
-                assert await kms.wait() == -signal.SIGKILL
+                    kms.send_signal(signum)
+                assert await kms.wait() == (0 if signum == signal.SIGTERM else -signal.SIGKILL)
+                terms += signum == signal.SIGTERM
                 lines += kms.lines
             await client.aclose()
             assert_covered(home.load_state(), ledger, f"kill {kill}")
     conflicts = ledger.conflicts() + log_book(lines).conflicts()
     logged = log_book(lines, SignedBook())
     fault_counted(
-        f"SIGKILL loop ({transport})",
-        crashes=kills,
+        f"SIGKILL/SIGTERM loop ({transport})",
+        crashes=kills - terms,
+        sigterms=terms,
         requests=walker.requests + probes,
         signatures=ledger.signatures,
         conflicting_asked=probes,
         conflicts=len(conflicts),
     )
     print(
-        f"SIGKILL loop {transport}: kills={kills} requests={walker.requests + probes} "
+        f"SIGKILL/SIGTERM loop {transport}: kills={kills} (SIGTERM {terms}) requests={walker.requests + probes} "
         f"signatures={ledger.signatures} logged={logged.count} probes={probes} "
         f"refused={dict(ledger.refused)}"
     )

@@ -267,7 +267,7 @@ async def test_flaky_link_real_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("transport", "cycles"), [("tcp", 150), ("unix", 100)])
+@pytest.mark.parametrize(("transport", "cycles"), [("tcp", 120), ("unix", 100)])
 async def test_flaky_link_real_process_long(tmp_path: Path, transport: str, cycles: int) -> None:
     with trio.fail_after(150):
         await process_storm(tmp_path, transport, cycles=cycles, seed=22)
