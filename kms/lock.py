@@ -123,8 +123,10 @@ class StateLocks:
                 if time.monotonic() >= deadline:
                     raise _refusal(state_file, fd, purpose)
                 time.sleep(_RETRY_INTERVAL)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            # Only for the refusal message: a full disk must not stop a start over it.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         except BaseException:
             os.close(fd)
             raise
