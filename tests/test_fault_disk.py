@@ -63,9 +63,10 @@ class DiskRun:
         self.requests += 1
         assert await ask(self.client, self.ledger, 2, (self.height, 0, block(self.rng)))
 
-    async def survive(self, fault: Fault) -> None:
+    async def survive(self, fault: Fault, *, first_sign: bool = True) -> None:
         """Fault on: no signature, code 3, old state, conflicts refused. Off: signatures."""
-        await self.sign_ok()
+        if first_sign:
+            await self.sign_ok()
         last = self.home.load_state()
         self.height += 1
         wanted = block(self.rng)
@@ -77,11 +78,12 @@ class DiskRun:
             assert self.ledger.refused[ERR_SIGNER] == refused_before + 1, self.ledger.refused
             on_disk = self.home.load_state()
             assert on_disk == last or (fault.written_anyway and on_disk.hrs == (self.height, 0, 1))
-            # the double-sign check needs no write: conflicts are still refused as such
-            self.requests += 1
-            conflicting = (last.height, last.round, block(self.rng))
-            assert not await ask(self.client, self.ledger, last.step, conflicting)
-            assert self.ledger.refused[ERR_DOUBLE_SIGN] >= 1
+            if last.height > 0:
+                # the double-sign check needs no write: conflicts are still refused as such
+                self.requests += 1
+                conflicting = (last.height, last.round, block(self.rng))
+                assert not await ask(self.client, self.ledger, last.step, conflicting)
+                assert self.ledger.refused[ERR_DOUBLE_SIGN] >= 1
             self.logged[fault.strerror] = self.logged.get(fault.strerror, 0) + 1
             await self.kms.wait_for(
                 r"ERROR .*signing failed: error (writing state to|syncing the folder of state "
@@ -96,8 +98,13 @@ class DiskRun:
         assert self.home.load_state().hrs == (self.height, 0, 1)
 
 
-async def run_faults(home: KmsHome, faults: list[Fault], scenario: str, **start: object) -> None:
-    """Start the KMS, connect a node, and survive each fault in turn."""
+async def run_faults(
+    home: KmsHome, faults: list[Fault], scenario: str, *, first_sign: bool = True, **start: object
+) -> None:
+    """Start the KMS, connect a node, and survive each fault in turn.
+
+    ``first_sign=False`` when the disk is already broken at start: no good signature first.
+    """
     laddr = Address(scheme="unix", path=str(home.root / "pv.sock"))
     config = home.write_config([str(laddr)])
     ledger = Ledger(home.chain_id, home.verify_key)
@@ -109,7 +116,7 @@ async def run_faults(home: KmsHome, faults: list[Fault], scenario: str, **start:
             client = await accept(node)
             run = DiskRun(home, kms, client, ledger, random.Random(scenario))
             for fault in faults:
-                await run.survive(fault)
+                await run.survive(fault, first_sign=first_sign)
             await run.sign_ok()
             lines = kms.lines
     conflicts = ledger.conflicts() + log_book(lines).conflicts()
@@ -235,6 +242,44 @@ async def test_full_and_read_only_tmpfs(tmp_path: Path) -> None:
             ),
         ]
         await run_faults(home, faults, "disk faults (tmpfs)")
+
+
+def test_first_start_on_a_full_or_read_only_disk_stops_with_the_file_named(tmp_path: Path) -> None:
+    """No state file yet and no room to create one: exit 4, never a start from nowhere."""
+    with tiny_tmpfs(tmp_path / "mnt") as mnt:
+        home = KmsHome.create(tmp_path / "kms")
+        home.state_dir.rmdir()
+        home.state_dir.symlink_to(mnt)
+        fill(mnt / "filler")
+        result = start_fails(home)
+        assert_refused_naming_the_file(home, result)
+        assert "No space left on device" in result.stderr
+        (mnt / "filler").unlink()
+        read_only_over(mnt)
+        try:
+            result = start_fails(home)
+        finally:
+            uncover(mnt)
+        assert_refused_naming_the_file(home, result)
+        assert "Read-only file system" in result.stderr
+    fault_counted("damaged state files", startups_refused=2)
+
+
+async def test_restart_on_a_full_disk_serves_and_recovers(tmp_path: Path) -> None:
+    """The state file is there but the disk is full: start, refuse to sign, recover.
+
+    (Found by this test: the state lock's PID write hit ENOSPC and stopped the start with
+    a bare "error: [Errno 28]" and exit code 1.)
+    """
+    with tiny_tmpfs(tmp_path / "mnt") as mnt:
+        home = KmsHome.create(tmp_path / "kms")
+        home.state_dir.rmdir()
+        home.state_dir.symlink_to(mnt)
+        StateFile(home.state_file).save(SignState.INITIAL)
+        filler = mnt / "filler"
+        fill(filler)
+        full = Fault("disk full at start", "No space left on device", lambda: None, filler.unlink)
+        await run_faults(home, [full], "disk faults (tmpfs)", first_sign=False)
 
 
 # ---------------------------------------------------------------- unusable state files
