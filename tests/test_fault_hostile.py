@@ -34,7 +34,7 @@ from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker
 from kms.errors import ProtocolError
 from kms.handler import RequestHandler
-from kms.protocol.codec import decode_request, encode_request
+from kms.protocol.codec import decode_request, decode_response, encode_request
 from kms.protocol.framing import MAX_MESSAGE_SIZE, FrameDecoder, frame
 from kms.protocol.messages import (
     BlockId,
@@ -456,6 +456,37 @@ async def wrong_chain_and_odd_votes(h: HostileNode, raw: trio.SocketStream) -> N
     await trio.aclose_forcefully(client.stream)
 
 
+async def pipelined_burst(h: HostileNode, raw: trio.SocketStream) -> None:
+    """Fifty requests in one write, no waiting: each is answered, in order, all signed."""
+    client = h.client(await h.secret(raw))
+    assert isinstance(client.stream, SecretStream)
+    first = h.height + 1
+    h.height += 50
+    votes = [
+        Vote(1, height, 0, block(h.rng), Timestamp(1, 0), b"", 0)
+        for height in range(first, h.height + 1)
+    ]
+    burst = b"".join(
+        frame(encode_request(SignVoteRequest(vote=v, chain_id=CHAIN), h.node.version))
+        for v in votes
+    )
+    await client.stream.send_all(burst)
+    decoder = FrameDecoder()
+    replies: list[bytes] = []
+    with trio.fail_after(10):
+        while len(replies) < len(votes):
+            decoder.feed(await client.stream.receive_some(65536))
+            while (payload := decoder.next_message()) is not None:
+                replies.append(payload)
+    for vote, payload in zip(votes, replies, strict=True):
+        reply = decode_response(payload, h.node.version)
+        assert isinstance(reply, SignedVoteResponse) and reply.vote is not None
+        assert reply.vote.height == vote.height
+        assert h.ledger.vote(reply)
+    h.requests += len(votes)
+    await trio.aclose_forcefully(client.stream)
+
+
 SCENARIOS: list[Scenario] = [
     garbage_first,
     oversized_handshake_prefix,
@@ -471,6 +502,7 @@ SCENARIOS: list[Scenario] = [
     unknown_field_beside_a_ping,
     tampered_ciphertext,
     wrong_chain_and_odd_votes,
+    pipelined_burst,
 ]
 
 
@@ -547,3 +579,50 @@ async def test_garbage_on_a_unix_socket(tmp_path: Path) -> None:
     fault_counted(
         "hostile unix garbage", hostile_connections=12, signatures=hostile.ledger.signatures
     )
+
+
+async def test_a_hostile_validator_does_not_disturb_an_honest_one(tmp_path: Path) -> None:
+    """Two validators of one chain: garbage and reconnects on one, steady signing on the other."""
+    home = KmsHome.create(tmp_path, chain_id=CHAIN)
+    honest_node = SimulatedNode(chain_id=CHAIN)
+    await honest_node.listen(Address(scheme="tcp", host="127.0.0.1", port=0))
+    hostile_node = SimulatedNode(chain_id=CHAIN)
+    await hostile_node.listen(Address(scheme="unix", path=str(tmp_path / "hostile.sock")))
+    config = home.write_config([str(honest_node.address), str(hostile_node.address)])
+    honest = HostileNode(honest_node, home)
+    hostile = HostileNode(hostile_node, home)
+    rng = random.Random(31)
+    attacks = 0
+    with trio.fail_after(40):
+        async with start_kms(config) as kms:
+            client = honest.client(await honest.secret(await honest.raw()))
+
+            async def attack() -> None:
+                nonlocal attacks
+                while True:
+                    raw = await hostile.raw()
+                    await raw.send_all(rng.randbytes(rng.randint(1, 300)))
+                    attacks += 1
+                    await trio.aclose_forcefully(raw)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(attack)
+                for height in range(1, 41):
+                    chosen = block(rng)
+                    for step in (0, 1, 2):
+                        assert await ask(client, honest.ledger, step, (height, 0, chosen))
+                    await trio.sleep(0.02)
+                nursery.cancel_scope.cancel()
+            assert kms.process.returncode is None
+            await trio.aclose_forcefully(client.stream)
+    await honest_node.aclose()
+    await hostile_node.aclose()
+    assert attacks >= 10
+    fault_counted(
+        "hostile beside honest validator",
+        hostile_connections=attacks,
+        requests=120,
+        signatures=honest.ledger.signatures,
+        conflicts=len(honest.ledger.conflicts()),
+    )
+    assert honest.ledger.signatures == 120 and not honest.ledger.conflicts()
