@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import collections
 import os
+import random
 import re
 import subprocess
 import sys
@@ -69,12 +70,8 @@ def write_key(path: Path, key: SigningKey) -> None:
     path.chmod(0o600)
 
 
-def block(rng: object, tag: int | None = None) -> BlockId:
-    """A random (or, with ``tag``, a recognisable) non-nil block ID."""
-    if tag is not None:
-        digest = tag.to_bytes(4, "big") * 8
-        return BlockId(hash=digest, part_set_header=PartSetHeader(total=1, hash=digest[::-1]))
-    assert hasattr(rng, "randbytes")
+def block(rng: random.Random) -> BlockId:
+    """A random non-nil block ID (random 32-byte hashes, one part)."""
     return BlockId(
         hash=rng.randbytes(32), part_set_header=PartSetHeader(total=1, hash=rng.randbytes(32))
     )
@@ -259,7 +256,7 @@ class Walker:
     """A node's consensus loop: one block per height; proposal, prevote, precommit."""
 
     ledger: Ledger
-    rng: object
+    rng: random.Random
     height: int = 1
     requests: int = 0
     in_flight: tuple[int, int, int] | None = None
