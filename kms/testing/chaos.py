@@ -186,6 +186,9 @@ class ChaosProxy:
             self.stats.upstream_failures += 1
             await trio.aclose_forcefully(downstream)
             return
+        except BaseException:  # cancelled while dialling: do not leak the accepted socket
+            await trio.aclose_forcefully(downstream)
+            raise
         link = _Link(downstream, upstream)
         self._links.add(link)
         reset = False
