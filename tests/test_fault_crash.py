@@ -230,7 +230,7 @@ async def test_sigkill_at_random_instants(tmp_path: Path) -> None:
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 async def test_sigkill_at_random_instants_many_times(tmp_path: Path, transport: str) -> None:
     with trio.fail_after(150):
-        await kill_loop(tmp_path, transport, kills=40, seed=7)
+        await kill_loop(tmp_path, transport, kills=30, seed=7)
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ from providers.softsign import Ed25519SoftSigner
 CHAIN = "hostile-1"
 VERSIONS = list(ProtocolVersion)
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=150)
-FUZZ_LONG = settings(FUZZ, max_examples=2500)
+FUZZ_LONG = settings(FUZZ, max_examples=1500)
 
 # ---------------------------------------------------------------- sans-IO fuzzing
 

@@ -276,7 +276,7 @@ TestTrackerModel.settings = settings(_BASE, max_examples=60, stateful_step_count
 
 @pytest.mark.slow
 class TestTrackerModelLong(TrackerModel.TestCase):  # type: ignore[misc, valid-type]
-    settings = settings(_BASE, max_examples=400, stateful_step_count=60)
+    settings = settings(_BASE, max_examples=300, stateful_step_count=60)
 
 
 def test_model_matches_the_spec_examples() -> None:

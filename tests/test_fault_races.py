@@ -143,7 +143,7 @@ async def test_races_in_process_many_schedules(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(150):
-        await in_process_races(tmp_path, caplog, range(100, 250), heights=10)
+        await in_process_races(tmp_path, caplog, range(100, 200), heights=10)
 
 
 async def process_races(tmp_path: Path, seeds: range, heights: int) -> None:
