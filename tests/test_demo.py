@@ -12,6 +12,8 @@ def test_demo_signs_heights_and_refuses_a_double_sign() -> None:
     assert "connected to validator successfully" in output
     assert output.count("signed Precommit:") == 5
     assert "20 signatures received, all verified" in output
-    assert "refused as expected: RemoteSignerError 2: double signing requested at height: 5" in output
+    assert (
+        "refused as expected: RemoteSignerError 2: double signing requested at height: 5" in output
+    )
     assert "attempted double sign Precommit at h/r/s: 5/0/2" in output
     assert "KMS exited with status 0" in output

@@ -93,6 +93,8 @@ def test_init_keygen_and_import_make_private_files_under_any_umask(tmp_path: Pat
     home = tmp_path / "kms"
     assert run_cli("init", home, umask=0).returncode == 0
     assert mode(home / "secrets") == 0o700
+    assert mode(home / "state") == 0o700, "nobody else may rewind the double-sign state"
+    assert mode(home / "tmkms.toml") == 0o600
     identity = home / "secrets" / "kms-identity.key"
     assert mode(identity) == 0o600
     consensus = tmp_path / "new" / "deeper" / "consensus.key"

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 SUBDIRECTORIES = ("schema", "secrets", "state")
 SECRETS_DIR_MODE = 0o700
+CONFIG_FILE_MODE = 0o600
 
 
 def add_commands(subparsers: Subparsers) -> None:
@@ -65,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
         home = home.resolve()
         for name in SUBDIRECTORIES:
             (home / name).mkdir(exist_ok=True)
+        # secrets/ holds keys; state/ holds what stops a double sign: nobody else may
+        # write (or, for secrets, read) either, whatever the umask.
         os.chmod(home / "secrets", SECRETS_DIR_MODE)
+        os.chmod(home / "state", SECRETS_DIR_MODE)
     except OSError as exc:
         raise KmsError(f"{exc.filename or home}: cannot create: {exc.strerror or exc}") from exc
 
@@ -73,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with open(config_path, "w" if args.force else "x", encoding="utf-8") as out:
             out.write(render_config(home, networks))
+        # the config may later hold a YubiHSM password
+        os.chmod(config_path, CONFIG_FILE_MODE)
     except OSError as exc:
         raise KmsError(f"{config_path}: cannot write: {exc.strerror or exc}") from exc
     status_ok("Generated", f"KMS configuration: {config_path}")
