@@ -12,7 +12,9 @@ zero because a file could not be read is how validators get slashed.
 Unlike tmkms, every write is durable before ``save`` returns: a temp file in the same
 folder is written and fsync'd, renamed over the state file, then the folder is fsync'd so
 the rename itself survives a power cut. A failure at any point raises StateError and leaves
-the previous file in place.
+the previous file in place. Those steps are also methods of their own, so that
+:func:`save_all` can run them for many files at once (the group commit of
+:mod:`kms.chain.writer`) with the same guarantee for each file.
 """
 
 from __future__ import annotations
