@@ -204,7 +204,7 @@ def _files(tmp_path: Path, names: list[str], folder: str = "a") -> list[StateFil
 async def _save(
     writer: StateWriter, store: StateFile, state: SignState, disk: Disk | None = None
 ) -> None:
-    await writer.run(functools.partial(store.save, state), key=store.path.stem)
+    await writer.save(store, state, key=store.path.stem)
     if disk is not None:
         disk.events.append(("resumed", store.path.stem))
 

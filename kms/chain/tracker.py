@@ -20,7 +20,6 @@ memory only, so the state file stays tmkms's format.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Literal
@@ -242,7 +241,7 @@ class ChainTracker:
     async def _persist(self, new: SignState) -> None:
         """Save ``new`` durably, then adopt it; shielded so cancellation cannot split them."""
         with trio.CancelScope(shield=True):
-            await self._writer.run(functools.partial(self._store.save, new), key=self._chain_id)
+            await self._writer.save(self._store, new, key=self._chain_id)
             # no checkpoint between the save returning and memory following the disk
             self._state = new
 

@@ -112,12 +112,8 @@ class StateWriter:
         return trio.lowlevel.current_statistics().tasks_runnable == 0
 
     async def run(self, write: Callable[[], T], *, key: str) -> T:
-        """Run ``write`` (for chain ``key``) to completion, inline or in a thread.
-
-        ``write`` being ``functools.partial(store.save, state)`` for a :class:`StateFile`
-        is recognised: such a write is the same as :meth:`save`, and may be batched.
-        """
-        return await self._run(write, key, _as_save(write))
+        """Run ``write`` (for chain ``key``) to completion, inline or in a thread."""
+        return await self._run(write, key, None)
 
     async def save(self, store: StateFile, state: SignState, *, key: str) -> None:
         """Durably save ``state`` to ``store`` (for chain ``key``): inline, or group-committed.
@@ -125,7 +121,11 @@ class StateWriter:
         Raises the StateError of :meth:`StateFile.save` when this save failed (another
         chain's failure in the same batch is not this caller's).
         """
-        await self._run(functools.partial(store.save, state), key, (store, state))
+        # Only the real StateFile.save can be split into batch phases; a store whose save
+        # is overridden or patched (a test's fault injection, say) saves one by one.
+        batchable = type(store).save is _SAVE
+        saving = (store, state) if batchable else None
+        await self._run(functools.partial(store.save, state), key, saving)
 
     async def _run(
         self, write: Callable[[], T], key: str, saving: tuple[StateFile, SignState] | None
@@ -203,16 +203,3 @@ def _unknown_outcome(item: _Queued, exc: BaseException | None = None) -> StateEr
     error = StateError(f"error writing state to {item.store.path}: the batch failed: {exc!r}")
     error.__cause__ = exc
     return error
-
-
-def _as_save(write: Callable[[], object]) -> tuple[StateFile, SignState] | None:
-    """``(store, state)`` if ``write`` is exactly ``partial(store.save, state)``."""
-    if type(write) is not functools.partial or write.keywords or len(write.args) != 1:
-        return None
-    method, state = write.func, write.args[0]
-    store = getattr(method, "__self__", None)
-    if getattr(method, "__func__", None) is not _SAVE or not isinstance(store, StateFile):
-        return None
-    if not isinstance(state, SignState):
-        return None
-    return store, state
