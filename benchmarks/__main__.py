@@ -96,7 +96,8 @@ async def many_chains(count: int, seconds: float, per_chain_rate: float) -> dict
         flat_out = [Signing(c) for c in clients]
         rate, latencies = await _run_all(flat_out, seconds, interval=0.0)
         per_chain_interval = 1.0 / per_chain_rate
-        paced = [Signing(c, height=s.height) for c, s in zip(clients, flat_out, strict=True)]
+        # the flat-out phase may stop mid-height: the paced one starts on a fresh height
+        paced = [Signing(c, height=s.height + 1) for c, s in zip(clients, flat_out, strict=True)]
         for index, signing in enumerate(paced):  # stagger the chains over one interval
             signing.due = time.perf_counter() + per_chain_interval * index / count
         paced_rate_seen, paced_latencies = await _run_all(paced, seconds, per_chain_interval)
