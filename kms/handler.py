@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Literal
 
 import attrs
 
 from kms.chain.state import STEP_NAMES, BlockRef
-from kms.chain.tracker import ChainTracker, SignRequest
+from kms.chain.tracker import ChainTracker, Signed, SignRequest
 from kms.errors import KmsError, ProtocolError, SigningRefused
 from kms.ops.stats import ValidatorMetrics
 from kms.protocol.messages import (
@@ -127,24 +128,36 @@ class RequestHandler:
             and not request.skip_extension_signing
         )
 
+    async def _track(
+        self,
+        kind: Literal["vote", "proposal"],
+        msg_type: int,
+        msg: Vote | Proposal,
+        sign_bytes: bytes,
+    ) -> Signed:
+        """Pass a vote or proposal through the chain's double-sign tracker to the signer."""
+        return await self.tracker.sign(
+            SignRequest(
+                kind=kind,
+                height=msg.height,
+                round=msg.round,
+                step=step_of(msg_type),
+                block=block_ref(msg.block_id),
+                sign_bytes=sign_bytes,
+                timestamp=(msg.timestamp.seconds, msg.timestamp.nanos),
+            ),
+            peer=self.peer,
+            metrics=self.metrics,
+        )
+
     async def _sign_vote(self, request: SignVoteRequest) -> SignedVoteResponse:
         if error := self._chain_mismatch(request.chain_id):
             return SignedVoteResponse(vote=None, error=error)
         vote: Vote = request.vote
         started = time.perf_counter()
         try:
-            signed = await self.tracker.sign(
-                SignRequest(
-                    kind="vote",
-                    height=vote.height,
-                    round=vote.round,
-                    step=step_of(vote.type),
-                    block=block_ref(vote.block_id),
-                    sign_bytes=vote_sign_bytes(self.chain_id, vote),
-                    timestamp=(vote.timestamp.seconds, vote.timestamp.nanos),
-                ),
-                peer=self.peer,
-                metrics=self.metrics,
+            signed = await self._track(
+                "vote", vote.type, vote, vote_sign_bytes(self.chain_id, vote)
             )
             extension_signature = b""
             if self._wants_extension_signature(request):
@@ -166,18 +179,11 @@ class RequestHandler:
         proposal: Proposal = request.proposal
         started = time.perf_counter()
         try:
-            signed = await self.tracker.sign(
-                SignRequest(
-                    kind="proposal",
-                    height=proposal.height,
-                    round=proposal.round,
-                    step=0,
-                    block=block_ref(proposal.block_id),
-                    sign_bytes=proposal_sign_bytes(self.chain_id, proposal),
-                    timestamp=(proposal.timestamp.seconds, proposal.timestamp.nanos),
-                ),
-                peer=self.peer,
-                metrics=self.metrics,
+            signed = await self._track(
+                "proposal",
+                SignedMsgType.PROPOSAL,
+                proposal,
+                proposal_sign_bytes(self.chain_id, proposal),
             )
         except KmsError as exc:
             return SignedProposalResponse(proposal=None, error=self._refusal(exc))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import re
 import signal
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import attrs
 import trio
+from nacl.signing import SigningKey
 
 TMKMS = [sys.executable, "-m", "kms"]
 
@@ -148,3 +152,22 @@ def validator_toml(
         "",
     ]
     return "\n".join(lines)
+
+
+def priv_validator_key_json(key: SigningKey) -> str:
+    """What a CometBFT node's `init` leaves in config/priv_validator_key.json."""
+    pub = bytes(key.verify_key)
+    return json.dumps(
+        {
+            "address": hashlib.sha256(pub).digest()[:20].hex().upper(),
+            "pub_key": {
+                "type": "tendermint/PubKeyEd25519",
+                "value": base64.b64encode(pub).decode(),
+            },
+            "priv_key": {
+                "type": "tendermint/PrivKeyEd25519",
+                "value": base64.b64encode(bytes(key) + pub).decode(),
+            },
+        },
+        indent=2,
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import random
 import signal
@@ -12,7 +11,14 @@ from pathlib import Path
 import oracle
 import pytest
 import trio
-from kmsproc import chain_toml, free_tcp_port, run_tmkms, tmkms_start, validator_toml
+from kmsproc import (
+    chain_toml,
+    free_tcp_port,
+    priv_validator_key_json,
+    run_tmkms,
+    tmkms_start,
+    validator_toml,
+)
 from nacl.signing import SigningKey, VerifyKey
 
 from kms.protocol.messages import SignedMsgType, Vote
@@ -26,25 +32,6 @@ def write_key(path: Path, key: SigningKey) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.write_text(base64.b64encode(bytes(key)).decode() + "\n")
     path.chmod(0o600)
-
-
-def priv_validator_key_json(key: SigningKey) -> str:
-    """What a CometBFT node's `init` leaves in config/priv_validator_key.json."""
-    pub = bytes(key.verify_key)
-    return json.dumps(
-        {
-            "address": hashlib.sha256(pub).digest()[:20].hex().upper(),
-            "pub_key": {
-                "type": "tendermint/PubKeyEd25519",
-                "value": base64.b64encode(pub).decode(),
-            },
-            "priv_key": {
-                "type": "tendermint/PrivKeyEd25519",
-                "value": base64.b64encode(bytes(key) + pub).decode(),
-            },
-        },
-        indent=2,
-    )
 
 
 def check_vote(chain_id: str, key: VerifyKey, vote: Vote | None, extension: bool) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import trio
 from conftest import fault_counted
 from faultkit import REPO, KmsHome, Ledger, ask, block, start_kms
+from kmsproc import priv_validator_key_json
 from nacl.bindings import crypto_scalarmult
 from nacl.signing import SigningKey
 
@@ -117,23 +118,6 @@ def test_init_keygen_and_import_make_private_files_under_any_umask(tmp_path: Pat
     assert run_cli("init", "--force", home, umask=0).returncode == 0
     assert mode(home / "secrets") == 0o700 and mode(identity) == 0o600
     fault_counted("secrets", files_checked=7)
-
-
-def priv_validator_key_json(key: SigningKey) -> str:
-    pub = bytes(key.verify_key)
-    return json.dumps(
-        {
-            "address": hashlib.sha256(pub).digest()[:20].hex().upper(),
-            "pub_key": {
-                "type": "tendermint/PubKeyEd25519",
-                "value": base64.b64encode(pub).decode(),
-            },
-            "priv_key": {
-                "type": "tendermint/PrivKeyEd25519",
-                "value": base64.b64encode(bytes(key) + pub).decode(),
-            },
-        }
-    )
 
 
 async def test_keys_readable_by_others_are_warned_about(tmp_path: Path) -> None:
