@@ -184,6 +184,22 @@ class StateFile:
             # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise StateError(f"cannot parse state file {self._path}: {exc}") from exc
 
+    def remove_stale_temps(self) -> list[str]:
+        """Delete temp files a crashed save left beside the state file; return their names.
+
+        Only for the process that holds the state lock (``tmkms start``): a temp file of a
+        running KMS must not vanish under it. A temp file never stands in for the state.
+        """
+        removed = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self._dir) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(self._temp_prefix) and name.endswith(".tmp"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed.append(name)
+        return removed
+
     def save(self, state: SignState) -> None:
         """Durably replace the file with ``state``; StateError (old file intact) on failure.
 

@@ -159,6 +159,10 @@ class ChainTracker:
     async def open(self) -> None:
         """Read (or create at height 0) the state file, in a worker thread."""
         async with self._lock:
+            for name in await trio.to_thread.run_sync(self._store.remove_stale_temps):
+                log.warning(
+                    "[%s] removed %s, left by an interrupted state write", self._chain_id, name
+                )
             state = await trio.to_thread.run_sync(self._store.load)
             self._state = state
             self._last_vote = None
