@@ -81,6 +81,8 @@ class RequestHandler:
     sign_extensions: bool
     peer: str
     metrics: ValidatorMetrics = attrs.field(factory=ValidatorMetrics)
+    # type, height, round, block ID and seconds of the last signature, until report()
+    _signed: tuple[int, int, int, BlockId, float] | None = attrs.field(default=None, init=False)
 
     @property
     def prefix(self) -> str:
@@ -89,6 +91,14 @@ class RequestHandler:
 
     async def handle(self, request: Request) -> Response:
         """Return the response to ``request``; refusals are RemoteSignerError replies."""
+        try:
+            return await self.answer(request)
+        finally:
+            self.report()
+
+    async def answer(self, request: Request) -> Response:
+        """:meth:`handle`, except that a signature's log line and counters wait for
+        :meth:`report`: the session sends the reply first, so logging adds no latency."""
         if isinstance(request, SignVoteRequest):
             return await self._sign_vote(request)
         if isinstance(request, SignProposalRequest):
@@ -170,7 +180,8 @@ class RequestHandler:
         vote.signature = signed.signature
         vote.timestamp = Timestamp(*signed.timestamp)
         vote.extension_signature = extension_signature
-        self._log_signed(vote.type, vote.height, vote.round, vote.block_id, started)
+        elapsed = time.perf_counter() - started
+        self._signed = (vote.type, vote.height, vote.round, vote.block_id, elapsed)
         return SignedVoteResponse(vote=vote)
 
     async def _sign_proposal(self, request: SignProposalRequest) -> SignedProposalResponse:
@@ -188,8 +199,12 @@ class RequestHandler:
         except KmsError as exc:
             return SignedProposalResponse(proposal=None, error=self._refusal(exc))
         proposal.signature = signed.signature
-        self._log_signed(
-            SignedMsgType.PROPOSAL, proposal.height, proposal.round, proposal.block_id, started
+        self._signed = (
+            SignedMsgType.PROPOSAL,
+            proposal.height,
+            proposal.round,
+            proposal.block_id,
+            time.perf_counter() - started,
         )
         return SignedProposalResponse(proposal=proposal)
 
@@ -229,10 +244,12 @@ class RequestHandler:
         log.error("%s signing failed: %s", self.prefix, exc)
         return _error(ERR_SIGNER, f"signing failed: {exc}")
 
-    def _log_signed(
-        self, msg_type: int, height: int, round_: int, block_id: BlockId, started: float
-    ) -> None:
-        elapsed_ms = int((time.perf_counter() - started) * 1000)
+    def report(self) -> None:
+        """Log and count the signature of the last :meth:`answer`, if it made one."""
+        if self._signed is None:
+            return
+        msg_type, height, round_, block_id, elapsed = self._signed
+        self._signed = None
         step = step_of(msg_type)
         self.metrics.signed(step, height, round_)
         log.info(
@@ -243,7 +260,7 @@ class RequestHandler:
             height,
             round_,
             step,
-            elapsed_ms,
+            int(elapsed * 1000),
         )
 
 

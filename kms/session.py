@@ -94,8 +94,11 @@ class Session:
             with trio.CancelScope(
                 shield=True, deadline=trio.current_time() + self.timeout
             ) as scope:
-                response = await self.handler.handle(request)
-                await stream.send_all(frame(encode_response(response, self.version)))
+                response = await self.handler.answer(request)
+                try:
+                    await stream.send_all(frame(encode_response(response, self.version)))
+                finally:
+                    self.handler.report()
             if scope.cancelled_caught:
                 raise trio.TooSlowError("request not answered in time")
 

@@ -14,7 +14,13 @@ from nacl.signing import SigningKey, VerifyKey
 from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker
 from kms.handler import RequestHandler
-from kms.protocol.messages import SignBytesRequest, SignBytesResponse, SignedMsgType
+from kms.protocol.messages import (
+    SignBytesRequest,
+    SignBytesResponse,
+    SignedMsgType,
+    SignedVoteResponse,
+    SignVoteRequest,
+)
 from kms.protocol.version import ProtocolVersion
 from kms.session import Session
 from kms.testing.consensus import NIL, ConsensusDriver, make_vote, random_block_id
@@ -152,3 +158,35 @@ async def test_v1_raw_sign_bytes_refuses_consensus_shaped_values(tmp_path: Path)
             shaped = await client.request(SignBytesRequest(value=b"\x03abc"))
             assert isinstance(shaped, SignBytesResponse) and shaped.error is not None
             assert shaped.signature == b""
+
+
+async def test_the_signed_line_waits_for_report(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """answer() signs without logging; report() logs once: the session sends in between."""
+    signer = Ed25519SoftSigner(SigningKey.generate())
+    tracker = ChainTracker(CHAIN, StateFile(tmp_path / "state.json"), signer)
+    await tracker.open()
+    handler = RequestHandler(
+        chain_id=CHAIN,
+        version=ProtocolVersion.V0_38,
+        tracker=tracker,
+        signer=signer,
+        sign_extensions=False,
+        peer="node",
+    )
+    vote = make_vote(SignedMsgType.PREVOTE, 7, 0, random_block_id(random.Random(1)))
+
+    def signed_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if " signed " in r.getMessage()]
+
+    caplog.set_level("INFO")
+    reply = await handler.answer(SignVoteRequest(vote=vote, chain_id=CHAIN))
+    assert isinstance(reply, SignedVoteResponse) and reply.error is None
+    assert signed_lines() == []
+    assert handler.metrics.last_signed is None
+    handler.report()
+    assert len(signed_lines()) == 1 and "at h/r/s 7/0/1" in signed_lines()[0]
+    assert handler.metrics.last_signed == (7, 0, 1)
+    handler.report()
+    assert len(signed_lines()) == 1

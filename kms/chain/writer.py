@@ -47,7 +47,10 @@ from kms.errors import StateError
 
 T = TypeVar("T")
 
-SLOW_WRITE = 0.005  # seconds; an inline write slower than this is a disk stall
+# seconds; an inline write slower than this is a disk stall. Healthy virtual disks here
+# take 5-10 ms for one fsync in a few thousand: at 5 ms, one such hiccup sent a lone chain's
+# writes through threads (+0.35 ms each) for the whole cool-down.
+SLOW_WRITE = 0.050
 BUSY_WINDOW = 0.005  # seconds; another chain's write this recent means chains are concurrent
 COOL_DOWN = 30.0  # seconds of threaded writes after a stall
 
