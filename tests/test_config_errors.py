@@ -534,3 +534,22 @@ def test_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b'[[chain]]\nid = "\xff"\n')
     with pytest.raises(ConfigError, match="config file is not UTF-8 text"):
         load_config(path)
+
+
+@pytest.mark.parametrize("spelling", ["other/../state.json", "link.json"])
+def test_two_chains_sharing_one_state_file_are_refused(tmp_path: Path, spelling: str) -> None:
+    """Each chain's writes would erase the other's state: the next vote could double sign."""
+    (tmp_path / "link.json").symlink_to(tmp_path / "state.json")
+    path = tmp_path / "tmkms.toml"
+    path.write_text(
+        f'[[chain]]\nid = "a-1"\nkey_format = {{ type = "hex" }}\n'
+        f'state_file = "{tmp_path}/state.json"\n'
+        f'[[chain]]\nid = "b-1"\nkey_format = {{ type = "hex" }}\n'
+        f'state_file = "{tmp_path}/{spelling}"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        f'{path}: [[chain]] #2 (id = "b-1"): key "state_file": "{tmp_path}/{spelling}" is '
+        'already the state file of chain "a-1" ([[chain]] #1)'
+    )

@@ -110,17 +110,32 @@ def _chains(items: list[dict[str, Any]], file: Path, base: Path) -> dict[str, Ch
                 "id", f"duplicate chain id {quote(cid)} (also in [[chain]] #{numbers[cid]})"
             )
         key_format = _key_format(table.table("key_format"))
-        state_file = table.path("state_file", base, None)
+        state_file = table.path("state_file", base, None) or (
+            base / f"{cid}_priv_validator_state.json"
+        )
+        # one state per file: two chains writing one file would erase each other's state
+        owner = next((c for c in chains.values() if _same_file(c.state_file, state_file)), None)
+        if owner is not None:
+            raise table.error(
+                "state_file",
+                f"{quote(str(state_file))} is already the state file of chain "
+                f"{quote(owner.id)} ([[chain]] #{numbers[owner.id]})",
+            )
         hook = table.table("state_hook", None)
         chains[cid] = ChainConfig(
             id=cid,
             key_format=key_format,
-            state_file=state_file or base / f"{cid}_priv_validator_state.json",
+            state_file=state_file,
             sign_extensions=table.boolean("sign_extensions", None),
             state_hook=_state_hook(hook) if hook is not None else None,
         )
         numbers[cid] = number
     return chains
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two state file paths name one file (through symlinks too)."""
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _key_format(table: Table) -> KeyFormat:
