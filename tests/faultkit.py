@@ -8,8 +8,8 @@
   covers signatures whose reply was lost.
 * ``start_kms``: the real ``tmkms start``, optionally through ``SHIM``: a tiny Python child
   that patches the lowest layer (``os.open``/``os.write``/``os.fsync``/``os.replace``, the
-  signer and the socket send) to crash (``os._exit``) at a named point of the sign path, to
-  emulate a power cut (un-fsync'd data and renames are lost), or to fail the state write
+  state file's rename exchange, the signer and the socket send) to crash (``os._exit``) at
+  a named point of the sign path, to emulate a power cut (un-fsync'd data and renames are lost), or to fail the state write
   with an errno while a control file says so. No product code knows about any of this.
 * ``Walker``: a node that walks heights and asks for proposals and votes, recording
   everything in a ``Ledger``.
@@ -407,8 +407,26 @@ os.open, os.write, os.fsync, os.replace, os.close = (
 )
 
 import trio
+import kms.chain.store
 import kms.session
 import providers.softsign
+
+real_exchange = kms.chain.store.rename_exchange
+
+def fault_exchange(src, dst):
+    # the spare swapped with the state file: the same crash point and fault as a rename
+    if not in_state_dir(dst) or not os.path.exists(dst):
+        return real_exchange(src, dst)  # declines; the rename over that follows is os.replace
+    point("before_replace")
+    injected("replace")
+    with open(dst, "rb") as before:
+        old = before.read()
+    swapped = real_exchange(src, dst)
+    if swapped:
+        pending.append((os.fspath(dst), old))
+    return swapped
+
+kms.chain.store.rename_exchange = fault_exchange
 
 real_sign = providers.softsign.Ed25519SoftSigner.sign
 real_frame = kms.session.frame

@@ -86,7 +86,55 @@ def test_no_temp_files_left_behind(tmp_path: Path) -> None:
     state_file = StateFile(tmp_path / "s.json")
     for height in range(20):
         state_file.save(SignState(height, 0, 0))
-    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".s.json.spare.tmp", "s.json"]
+
+
+def test_saves_swap_the_state_file_with_its_spare(tmp_path: Path) -> None:
+    """Two inodes take turns: the state file's is never written while it holds the state."""
+    path = tmp_path / "s.json"
+    spare = tmp_path / ".s.json.spare.tmp"
+    state_file = StateFile(path)
+    state_file.save(SignState(1, 0, 0))  # no state file yet: the spare is renamed over
+    assert not spare.exists()
+    state_file.save(SignState(2, 0, 0))  # a new spare, swapped with the state file
+    first, second = path.stat().st_ino, spare.stat().st_ino
+    assert parse_state(spare.read_bytes()) == SignState(1, 0, 0)  # the previous state
+    state_file.save(SignState(3, 0, 0, BLOCK))  # longer, then shorter again
+    state_file.save(SignState(4, 0, 0))
+    assert (path.stat().st_ino, spare.stat().st_ino) == (first, second)
+    assert path.read_bytes() == format_state(SignState(4, 0, 0))  # no tail of the longer one
+    assert spare.read_bytes() == format_state(SignState(3, 0, 0, BLOCK))
+
+
+@pytest.mark.parametrize("intruder", ["symlink", "hardlink"])
+def test_a_spare_that_is_not_ours_alone_is_replaced(tmp_path: Path, intruder: str) -> None:
+    """The spare is rewritten in place: never through a link into someone else's file."""
+    path = tmp_path / "s.json"
+    spare = tmp_path / ".s.json.spare.tmp"
+    other = tmp_path / "other.txt"
+    other.write_text("precious")
+    state_file = StateFile(path)
+    state_file.save(SignState(1, 0, 0))
+    if intruder == "symlink":
+        spare.symlink_to(other)
+    else:
+        os.link(other, spare)
+    state_file.save(SignState(2, 0, 0))
+    assert other.read_text() == "precious"
+    assert state_file.load() == SignState(2, 0, 0)
+
+
+def test_without_the_exchange_the_spare_is_renamed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem without RENAME_EXCHANGE gets the classic temp file + rename."""
+    monkeypatch.setattr(store_module, "rename_exchange", lambda src, dst: False)
+    path = tmp_path / "s.json"
+    state_file = StateFile(path)
+    for height in range(1, 4):
+        state_file.save(SignState(height, 0, 0))
+        assert state_file.load() == SignState(height, 0, 0)
+        assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
 
 
 # ---------------------------------------------------------------- tolerant reads
@@ -214,6 +262,7 @@ def test_unreadable_path_is_refused(tmp_path: Path) -> None:
 def _record_io(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     events: list[tuple[str, Any]] = []
     real_fsync, real_replace = os.fsync, os.replace
+    real_exchange = store_module.rename_exchange
 
     def fsync(fd: int) -> None:
         mode = os.fstat(fd).st_mode
@@ -225,8 +274,16 @@ def _record_io(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
         events.append(("replace", os.stat(src).st_ino))
         real_replace(src, dst)
 
+    def exchange(src: str, dst: str) -> bool:
+        inode = os.stat(src).st_ino
+        swapped = real_exchange(src, dst)
+        if swapped:
+            events.append(("exchange", inode))
+        return swapped
+
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(store_module, "rename_exchange", exchange)
     return events
 
 
@@ -235,11 +292,16 @@ def test_save_fsyncs_file_then_renames_then_fsyncs_folder(
 ) -> None:
     events = _record_io(monkeypatch)
     path = tmp_path / "s.json"
-    StateFile(path).save(STATE)
-    assert [name for name, _ in events] == ["fsync-file", "replace", "fsync-dir"]
-    file_inode = path.stat().st_ino
-    assert events[0][1] == events[1][1] == file_inode  # the renamed file is the synced one
-    assert events[2][1] == tmp_path.stat().st_ino  # and the folder holding it
+    state_file = StateFile(path)
+    state_file.save(SignState.INITIAL)  # creates the file: the temp file is renamed over
+    state_file.save(STATE)  # then each save swaps the spare in
+    expected = ["fsync-file", "replace", "fsync-dir", "fsync-file", "exchange", "fsync-dir"]
+    assert [name for name, _ in events] == expected
+    for first in (0, 3):
+        synced, renamed, folder = (inode for _, inode in events[first : first + 3])
+        assert synced == renamed  # the file swapped in is the one synced
+        assert folder == tmp_path.stat().st_ino  # and the folder holding it
+    assert events[4][1] == path.stat().st_ino
 
 
 def test_creating_a_missing_file_is_durable_too(
@@ -262,7 +324,9 @@ def _fail(exc_errno: int) -> Any:
     [
         ("fsync", errno.EIO),
         ("replace", errno.EROFS),
+        ("exchange", errno.EROFS),
         ("write", errno.ENOSPC),
+        ("ftruncate", errno.EIO),
         ("open", errno.EACCES),
     ],
 )
@@ -271,8 +335,17 @@ def test_failed_write_keeps_old_file(
 ) -> None:
     path = tmp_path / "s.json"
     state_file = StateFile(path)
+    if name == "ftruncate":  # only when the spare holds a longer state than the new one
+        longer = SignState(2**62, 2**30, 2, BLOCK)
+        state_file.save(longer)
+        state_file.save(longer)
     state_file.save(SignState.INITIAL)
-    monkeypatch.setattr(store_module.os, name, _fail(err))
+    if name == "replace":  # no exchange here: the temp file is renamed over
+        monkeypatch.setattr(store_module, "rename_exchange", lambda src, dst: False)
+    if name == "exchange":
+        monkeypatch.setattr(store_module, "rename_exchange", _fail(err))
+    else:
+        monkeypatch.setattr(store_module.os, name, _fail(err))
     with pytest.raises(StateError, match=r"s\.json") as info:
         state_file.save(STATE)
     monkeypatch.undo()
@@ -330,8 +403,8 @@ def _fd_path(fd: int) -> str:
 
 
 def _inject(monkeypatch: pytest.MonkeyPatch, op: str, exc: BaseException, target: str) -> None:
-    """Make ``os.<op>`` raise ``exc`` when it touches a path containing ``target``."""
-    real = getattr(os, op)
+    """Make ``os.<op>`` (or the exchange) raise ``exc`` when it touches a path with ``target``."""
+    real = store_module.rename_exchange if op == "exchange" else getattr(os, op)
 
     def touched(args: tuple[Any, ...]) -> str:
         paths = [a for a in args[:2] if isinstance(a, str | bytes | os.PathLike)]
@@ -342,7 +415,10 @@ def _inject(monkeypatch: pytest.MonkeyPatch, op: str, exc: BaseException, target
             raise exc
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(store_module.os, op, patched)
+    if op == "exchange":
+        monkeypatch.setattr(store_module, "rename_exchange", patched)
+    else:
+        monkeypatch.setattr(store_module.os, op, patched)
 
 
 def _five_files(tmp_path: Path) -> list[StateFile]:
@@ -359,7 +435,12 @@ def _states(count: int) -> list[SignState]:
 
 
 def _leftovers(tmp_path: Path) -> list[str]:
-    return sorted(p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp"))
+    """Temp files other than the spares, which stay beside their state files by design."""
+    return sorted(
+        p.name
+        for p in tmp_path.rglob("*")
+        if p.name.endswith(".tmp") and not p.name.endswith(".spare.tmp")
+    )
 
 
 def test_save_all_fsyncs_every_file_renames_then_fsyncs_each_folder_once(
@@ -372,9 +453,9 @@ def test_save_all_fsyncs_every_file_renames_then_fsyncs_each_folder_once(
     monkeypatch.undo()
     assert outcomes == [None] * 5
     kinds = [name for name, _ in events]
-    assert kinds == ["fsync-file"] * 5 + ["replace"] * 5 + ["fsync-dir"] * 2
+    assert kinds == ["fsync-file"] * 5 + ["exchange"] * 5 + ["fsync-dir"] * 2
     synced = [inode for name, inode in events if name == "fsync-file"]
-    renamed = [inode for name, inode in events if name == "replace"]
+    renamed = [inode for name, inode in events if name == "exchange"]
     assert synced == renamed == [f.path.stat().st_ino for f in files]  # each one it renamed
     folders = {inode for name, inode in events if name == "fsync-dir"}
     assert folders == {(tmp_path / "a").stat().st_ino, (tmp_path / "b").stat().st_ino}
@@ -388,7 +469,7 @@ def test_save_all_fsyncs_every_file_renames_then_fsyncs_each_folder_once(
         ("open", errno.EACCES),
         ("write", errno.ENOSPC),
         ("fsync", errno.EIO),
-        ("replace", errno.EROFS),
+        ("exchange", errno.EROFS),
     ],
 )
 def test_save_all_fails_only_the_item_that_failed(

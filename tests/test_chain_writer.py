@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from kms.chain import store as store_module
 from kms.chain import writer as writer_module
 from kms.chain.state import BlockRef, SignState
 from kms.chain.store import StateFile, parse_state
@@ -139,7 +140,8 @@ class Disk:
     """Records the state write syscalls in order, and can hold or fail some of them.
 
     Events: ("fsync", path) once an fsync returned (a temp file's path, or a folder's),
-    ("replace", temp, target) once a rename returned, ("resumed", key) from the callers.
+    ("replace", temp, target) once a rename over or an exchange with the state file returned,
+    ("resumed", key) from the callers.
     ``gate(fragment)`` holds the fsync of a file :func:`_matches` ``fragment``;
     ``fail[(op, fragment)] = errno`` makes that op fail on such a path.
     """
@@ -151,6 +153,7 @@ class Disk:
         self.batches: list[list[str]] = []
         real_fsync, real_replace, real_write = os.fsync, os.replace, os.write
         real_save_all = writer_module.save_all
+        real_exchange = store_module.rename_exchange
 
         def fsync(fd: int) -> None:
             path = _fd_path(fd)
@@ -171,6 +174,13 @@ class Disk:
             real_replace(src, dst)
             self.events.append(("replace", os.fspath(src), os.fspath(dst)))
 
+        def exchange(src: str, dst: str) -> bool:
+            self._maybe_fail("replace", src)
+            swapped = real_exchange(src, dst)
+            if swapped:
+                self.events.append(("replace", src, dst))
+            return swapped
+
         def save_all(saves: list[tuple[StateFile, SignState]]) -> list[StateError | None]:
             self.batches.append(sorted(store.path.stem for store, _ in saves))
             return real_save_all(saves)
@@ -178,6 +188,7 @@ class Disk:
         monkeypatch.setattr(os, "fsync", fsync)
         monkeypatch.setattr(os, "write", write)
         monkeypatch.setattr(os, "replace", replace)
+        monkeypatch.setattr(store_module, "rename_exchange", exchange)
         monkeypatch.setattr(writer_module, "save_all", save_all)
 
     def gate(self, fragment: str) -> Gate:
@@ -222,7 +233,8 @@ async def _start_blocker(
 
 
 def _leftovers(tmp_path: Path) -> list[Path]:
-    return [p for p in tmp_path.rglob("*.tmp")]
+    """Temp files other than the spares, which stay beside their state files by design."""
+    return [p for p in tmp_path.rglob("*.tmp") if not p.name.endswith(".spare.tmp")]
 
 
 async def test_an_idle_chain_saves_inline_without_a_batch(tmp_path: Path) -> None:

@@ -225,23 +225,47 @@ def uncover(folder: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-async def test_full_and_read_only_tmpfs(tmp_path: Path) -> None:
-    """A real full disk and a real read-only remount, then the disk comes back."""
+async def test_read_only_tmpfs(tmp_path: Path) -> None:
+    """A real read-only remount, then the disk comes back."""
     with tiny_tmpfs(tmp_path / "mnt") as mnt:
         home = KmsHome.create(tmp_path / "kms")
         home.state_dir.rmdir()
         home.state_dir.symlink_to(mnt)
-        filler = mnt / "filler"
-        faults = [
-            Fault("disk full", "No space left on device", lambda: fill(filler), filler.unlink),
-            Fault(
-                "read-only",
-                "Read-only file system",
-                lambda: read_only_over(mnt),
-                lambda: uncover(mnt),
-            ),
-        ]
-        await run_faults(home, faults, "disk faults (tmpfs)")
+        read_only = Fault(
+            "read-only", "Read-only file system", lambda: read_only_over(mnt), lambda: uncover(mnt)
+        )
+        await run_faults(home, [read_only], "disk faults (tmpfs)")
+
+
+async def test_a_full_disk_leaves_the_spare_room_to_sign(tmp_path: Path) -> None:
+    """Once running, the state is saved by rewriting the spare file in place: no new space.
+
+    So a disk that fills up while the KMS runs costs no signature (each state durable on
+    disk before its signature leaves); where there is no spare yet, the fill refuses to
+    sign (``test_restart_on_a_full_disk_serves_and_recovers``).
+    """
+    with tiny_tmpfs(tmp_path / "mnt") as mnt:
+        home = KmsHome.create(tmp_path / "kms")
+        home.state_dir.rmdir()
+        home.state_dir.symlink_to(mnt)
+        laddr = Address(scheme="unix", path=str(home.root / "pv.sock"))
+        ledger = Ledger(home.chain_id, home.verify_key)
+        with trio.fail_after(60):
+            async with (
+                simulated_node(home.chain_id, laddr) as node,
+                start_kms(home.write_config([str(laddr)])) as kms,
+            ):
+                client = await accept(node)
+                run = DiskRun(home, kms, client, ledger, random.Random("full"))
+                await run.sign_ok()  # the first save makes the spare
+                fill(mnt / "filler")
+                for _ in range(20):
+                    await run.sign_ok()
+                    assert home.load_state().hrs == (run.height, 0, 2)
+                lines = kms.lines
+        assert not ledger.conflicts() + log_book(lines).conflicts()
+        assert not any("No space left" in line for line in lines)
+        fault_counted("disk full, spare in place", requests=run.requests, signatures=21)
 
 
 def test_first_start_on_a_full_or_read_only_disk_stops_with_the_file_named(tmp_path: Path) -> None:

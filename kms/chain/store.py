@@ -10,26 +10,37 @@ keys, a step outside 0-2) is refused with a StateError that names the file: star
 zero because a file could not be read is how validators get slashed.
 
 Unlike tmkms, every write is durable before ``save`` returns: a temp file in the same
-folder is written and fsync'd, renamed over the state file, then the folder is fsync'd so
-the rename itself survives a power cut. A failure at any point raises StateError and leaves
-the previous file in place. Those steps are also methods of their own, so that
-:func:`save_all` can run them for many files at once (the group commit of
+folder is written and fsync'd, swapped with the state file (or renamed over it), then the
+folder is fsync'd so the swap itself survives a power cut. A failure at any point raises
+StateError and leaves the previous file in place. Those steps are also methods of their
+own, so that :func:`save_all` can run them for many files at once (the group commit of
 :mod:`kms.chain.writer`) with the same guarantee for each file.
+
+The temp file is a *spare*, ``.<name>.spare.tmp`` beside the state file: each save rewrites
+it in place, fsyncs it, and exchanges the two names atomically
+(:func:`kms.chain.exchange.rename_exchange`), so the spare then holds the previous state,
+ready for the next save. The file that holds the current state is never written to. Where
+the exchange is not available the spare is renamed over the state file, and the next save
+creates a new one: the classic sequence. Like any temp file of ours, a spare found at
+startup is deleted; it never stands in for the state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from kms.chain.exchange import rename_exchange
 from kms.chain.filepv import parse_cometbft_state
 from kms.chain.state import (
     MAX_HEIGHT_VALUE,
@@ -142,10 +153,15 @@ def parse_state(text: str | bytes) -> SignState:
 
 @attrs.define
 class TempFile:
-    """A temp file written by :meth:`StateFile.write_temp`; ``fd`` is None once synced."""
+    """A temp file written by :meth:`StateFile.write_temp`; ``fd`` is None once synced.
+
+    ``spare`` tells the state file's spare from a one-off temp file (used while the spare
+    is taken by another save of the same file, as in a group commit).
+    """
 
     path: str
     fd: int | None
+    spare: bool = False
 
 
 class StateFile:
@@ -156,6 +172,8 @@ class StateFile:
         self._dir = self._path.parent
         self._folder = os.path.abspath(self._dir)
         self._temp_prefix = f".{self._path.name}."
+        self._spare = os.path.join(self._dir, f"{self._temp_prefix}spare.tmp")
+        self._spare_taken = False  # a TempFile of the spare is between write and install
 
     @property
     def path(self) -> Path:
@@ -218,21 +236,49 @@ class StateFile:
         failure.
         """
         payload = format_state(state)
-        name = f"{self._temp_prefix}{os.getpid()}.{next(_TEMP_COUNTER)}.tmp"
-        temp = os.path.join(self._dir, name)
+        spare = not self._spare_taken
+        if spare:
+            path = self._spare
+        else:
+            path = os.path.join(
+                self._dir, f"{self._temp_prefix}{os.getpid()}.{next(_TEMP_COUNTER)}.tmp"
+            )
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            fd, size = self._open_spare() if spare else (_create(path), 0)
         except OSError as exc:
             raise self._write_error(exc) from exc
         try:
             view = memoryview(payload)
             while view:
                 view = view[os.write(fd, view) :]
+            if size > len(payload):  # the spare held a longer state
+                os.ftruncate(fd, len(payload))
         except OSError as exc:
             _close_quietly(fd)
-            _unlink_quietly(temp)
+            _unlink_quietly(path)
             raise self._write_error(exc) from exc
-        return TempFile(temp, fd)
+        self._spare_taken = self._spare_taken or spare
+        return TempFile(path, fd, spare)
+
+    def _open_spare(self) -> tuple[int, int]:
+        """Open the spare for rewriting, creating it if needed; (fd, its current size).
+
+        A symlink or a hard-linked file at the spare's name is replaced by a new file: the
+        spare is rewritten in place, so it must be ours alone.
+        """
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self._spare, flags, _FILE_MODE)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:  # O_NOFOLLOW met a symlink
+                raise
+        else:
+            found = os.fstat(fd)
+            if stat.S_ISREG(found.st_mode) and found.st_nlink == 1:
+                return fd, found.st_size
+            os.close(fd)
+        os.unlink(self._spare)
+        return _create(self._spare), 0
 
     def sync_temp(self, temp: TempFile) -> None:
         """Phase 2: fsync and close the temp file; StateError (temp removed) on failure."""
@@ -245,11 +291,11 @@ class StateFile:
             finally:
                 os.close(fd)
         except OSError as exc:
-            _unlink_quietly(temp.path)
+            self.discard(temp)
             raise self._write_error(exc) from exc
 
     def install(self, temp: TempFile) -> None:
-        """Phase 3: rename the synced temp file over the state file.
+        """Phase 3: swap the synced temp file with the state file, or rename it over.
 
         Not durable until :meth:`sync_folder`. StateError (temp removed, old file intact) on
         failure.
@@ -257,10 +303,22 @@ class StateFile:
         if temp.fd is not None:
             raise ValueError(f"temp file {temp.path} must be synced before it is installed")
         try:
-            os.replace(temp.path, self._path)
+            if not (temp.spare and rename_exchange(temp.path, str(self._path))):
+                os.replace(temp.path, self._path)
         except OSError as exc:
-            _unlink_quietly(temp.path)
+            self.discard(temp)
             raise self._write_error(exc) from exc
+        if temp.spare:
+            self._spare_taken = False
+
+    def discard(self, temp: TempFile) -> None:
+        """Close and delete a temp file that will not be installed (errors ignored)."""
+        if temp.fd is not None:
+            _close_quietly(temp.fd)
+            temp.fd = None
+        _unlink_quietly(temp.path)
+        if temp.spare:
+            self._spare_taken = False
 
     def sync_folder(self) -> None:
         """Phase 4: fsync the folder, making every rename in it durable; StateError on failure."""
@@ -330,11 +388,9 @@ def save_all(saves: Sequence[tuple[StateFile, SignState]]) -> list[StateError | 
                 else:
                     folders.setdefault(store.folder, []).append(index)
     finally:
-        for temp in temps:  # left over only when something unexpected was raised
-            if temp is not None:
-                if temp.fd is not None:
-                    _close_quietly(temp.fd)
-                _unlink_quietly(temp.path)
+        for index, temp in enumerate(temps):  # left over only when something unexpected
+            if temp is not None:  # was raised
+                saves[index][0].discard(temp)
     for members in folders.values():
         try:
             saves[members[0]][0].sync_folder()
@@ -351,6 +407,10 @@ def _start_writeback(fd: int) -> None:
     """Ask the kernel to start writing ``fd``'s data now; a hint, the fsync still follows."""
     with contextlib.suppress(OSError, AttributeError):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _create(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
 
 
 def _close_quietly(fd: int) -> None:
