@@ -150,9 +150,11 @@ class Signing:
     async def one_height(self, interval: float = 0.0) -> None:
         """Propose, prevote and precommit one height, timing each round trip.
 
-        Requests are encoded before the clock starts and replies decoded after it stops:
-        what is timed is the KMS's answer as the node's socket sees it, not this Python
-        node's own message building (a Go node spends microseconds on it).
+        What is timed is the KMS's answer as the node's socket sees it: from the sealed
+        request being handed to the socket to the reply's last bytes coming out of it
+        (:class:`kms.testing.node.WireClock`). This Python node's own work (building,
+        framing, encrypting and decrypting messages; a Go node spends microseconds on it)
+        stays outside the window, as it does for the floor's round trip.
 
         With ``interval`` > 0 the requests are paced: each is due ``interval`` seconds after
         the previous one was due; a request sent late because the previous reply came late
@@ -167,21 +169,22 @@ class Signing:
             SignVoteRequest(make_vote(SignedMsgType.PREVOTE, height, 0, block), chain),
             SignVoteRequest(make_vote(SignedMsgType.PRECOMMIT, height, 0, block, b"x"), chain),
         ]
+        wire = client.wire
+        assert wire is not None, "the node's socket has no clock"
         for request in requests:
             payload = encode_request(request, version)
+            late_since = None
             if interval:
                 self.due = self.due + interval if self.due else time.perf_counter()
                 if self.due > (now := time.perf_counter()):
                     # on time: the clock starts when the request goes out (a trio sleep can
                     # overshoot by a millisecond; that is this node's lateness, not the KMS's)
                     await trio.sleep(self.due - now)
-                    started = time.perf_counter()
                 else:  # behind: the KMS's queueing delay counts
-                    started = self.due
-            else:
-                started = time.perf_counter()
+                    late_since = self.due
             reply = await client.exchange(payload)
-            self.latencies.append(time.perf_counter() - started)
+            started = wire.sent if late_since is None else late_since
+            self.latencies.append(wire.arrived - started)
             decoded = decode_response(reply, version)
             if (
                 not isinstance(decoded, SignedVoteResponse | SignedProposalResponse)

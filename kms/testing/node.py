@@ -44,6 +44,34 @@ NODE_TIMEOUT = 5.0  # CometBFT's read/write timeout on the privval connection
 PING_INTERVAL = 10.0 / 3.0  # a node pings after about 3.3 s of silence
 
 
+class WireClock(trio.abc.Stream):
+    """A pass-through stream that notes when bytes last left for, and arrived from, the wire.
+
+    It sits directly on the accepted socket, below Secret Connection: ``arrived - sent`` is
+    a round trip as the node's socket sees it, without the node's own framing and crypto.
+    """
+
+    def __init__(self, transport: trio.abc.Stream) -> None:
+        self.transport = transport
+        self.sent = 0.0  # perf_counter() as the last send was handed to the socket
+        self.arrived = 0.0  # perf_counter() as the last bytes came out of it
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent = time.perf_counter()
+        await self.transport.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.transport.receive_some(max_bytes)
+        self.arrived = time.perf_counter()
+        return data
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
 @attrs.define
 class SignerClient:
     """The node's end of one accepted KMS connection: lock-step request/response."""
@@ -54,6 +82,7 @@ class SignerClient:
     timeout: float = NODE_TIMEOUT
     peer_id: str | None = None
     handshake_seconds: float = 0.0
+    wire: WireClock | None = None  # the socket's clock (what the benchmarks time)
     _decoder: FrameDecoder = attrs.field(factory=FrameDecoder)
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
 
@@ -156,7 +185,8 @@ class SimulatedNode:
     async def accept(self) -> SignerClient:
         """Wait for the KMS to dial in; complete the handshake for tcp."""
         assert self.listener is not None, "call listen() first"
-        stream: trio.abc.Stream = await self.listener.accept()
+        wire = WireClock(await self.listener.accept())
+        stream: trio.abc.Stream = wire
         peer_id = None
         accepted = time.perf_counter()
         if self.address is not None and self.address.scheme == "tcp":
@@ -174,6 +204,7 @@ class SimulatedNode:
             timeout=self.timeout,
             peer_id=peer_id,
             handshake_seconds=time.perf_counter() - accepted,
+            wire=wire,
         )
         self.clients.append(client)
         return client
