@@ -19,6 +19,8 @@ import attrs
 import trio
 from nacl.signing import SigningKey
 
+from kms.chain.state import SignState
+from kms.chain.store import StateFile
 from kms.protocol.codec import decode_response, encode_request
 from kms.protocol.messages import (
     Request,
@@ -232,8 +234,8 @@ async def loopback_round_trip_s(rounds: int = 2000) -> float:
     return statistics.median(samples)
 
 
-def durable_write_s(rounds: int = 500) -> float:
-    """Median time of a temp-file write + fsync + rename + folder fsync (the state write)."""
+def durable_write_samples(rounds: int = 1000) -> list[float]:
+    """Times of the floor's state write: temp file, write, fsync, rename, folder fsync."""
     samples = []
     with tempfile.TemporaryDirectory(prefix="kms-floor-", dir=None) as tmp:
         target = os.path.join(tmp, "state.json")
@@ -251,7 +253,20 @@ def durable_write_s(rounds: int = 500) -> float:
                 samples.append(time.perf_counter() - started)
         finally:
             os.close(dir_fd)
-    return statistics.median(samples)
+    return samples
+
+
+def state_save_samples(rounds: int = 1000) -> list[float]:
+    """Times of the KMS's own durable save (:meth:`StateFile.save`, the spare exchange)."""
+    samples = []
+    with tempfile.TemporaryDirectory(prefix="kms-floor-", dir=None) as tmp:
+        store = StateFile(Path(tmp) / "state.json")
+        for height in range(1, rounds + 1):
+            state = SignState(height, 0, 2)
+            started = time.perf_counter()
+            store.save(state)
+            samples.append(time.perf_counter() - started)
+    return samples
 
 
 def ed25519_sign_s(rounds: int = 5000) -> float:
