@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -456,11 +457,37 @@ def test_save_all_fsyncs_every_file_renames_then_fsyncs_each_folder_once(
     assert kinds == ["fsync-file"] * 5 + ["exchange"] * 5 + ["fsync-dir"] * 2
     synced = [inode for name, inode in events if name == "fsync-file"]
     renamed = [inode for name, inode in events if name == "exchange"]
-    assert synced == renamed == [f.path.stat().st_ino for f in files]  # each one it renamed
+    assert renamed == [f.path.stat().st_ino for f in files]  # in order
+    assert sorted(synced) == sorted(renamed)  # each one synced (side by side) was swapped in
     folders = {inode for name, inode in events if name == "fsync-dir"}
     assert folders == {(tmp_path / "a").stat().st_ino, (tmp_path / "b").stat().st_ino}
     assert [f.load() for f in files] == states
     assert _leftovers(tmp_path) == []
+
+
+def test_save_all_fsyncs_the_files_side_by_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """c0's fsync waits until every other file's fsync has begun: only side by side can it."""
+    files = _five_files(tmp_path)
+    others_entered = threading.Semaphore(0)
+    real_fsync = os.fsync
+    released_by_others = []
+
+    def fsync(fd: int) -> None:
+        path = _fd_path(fd)
+        if ".c0.json." in path:
+            released_by_others.append(all(others_entered.acquire(timeout=5) for _ in range(4)))
+        elif not stat.S_ISDIR(os.fstat(fd).st_mode):
+            others_entered.release()
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_module.os, "fsync", fsync)
+    outcomes = store_module.save_all(list(zip(files, _states(5), strict=True)))
+    monkeypatch.undo()
+    assert outcomes == [None] * 5
+    assert released_by_others == [True]
+    assert [f.load() for f in files] == _states(5)
 
 
 @pytest.mark.parametrize(

