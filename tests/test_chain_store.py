@@ -584,11 +584,15 @@ def test_phases_must_run_in_order(tmp_path: Path) -> None:
 
 def test_stale_temp_files_of_this_state_file_are_removed(tmp_path: Path) -> None:
     store = StateFile(tmp_path / "chain.json")
+    store.save(SignState(4, 0, 1))
     store.save(SignState(5, 0, 1))
+    spare = tmp_path / ".chain.json.spare.tmp"
+    assert spare.exists()
     left = tmp_path / ".chain.json.999.7.tmp"
     left.write_bytes(b'{"height":"9"')
     other = tmp_path / ".other.json.999.7.tmp"
     other.write_bytes(b"not ours")
     assert store.remove_stale_temps() == [left.name]
     assert not left.exists() and other.exists()
+    assert spare.exists()  # not a leftover: the room the next save writes into
     assert store.load() == SignState(5, 0, 1)

@@ -19,10 +19,9 @@ own, so that :func:`save_all` can run them for many files at once (the group com
 The temp file is a *spare*, ``.<name>.spare.tmp`` beside the state file: each save rewrites
 it in place, fsyncs it, and exchanges the two names atomically
 (:func:`kms.chain.exchange.rename_exchange`), so the spare then holds the previous state,
-ready for the next save. The file that holds the current state is never written to. Where
-the exchange is not available the spare is renamed over the state file, and the next save
-creates a new one: the classic sequence. Like any temp file of ours, a spare found at
-startup is deleted; it never stands in for the state.
+ready for the next save. The file that holds the current state is never written to, and
+the spare is never read. Where the exchange is not available the spare is renamed over the
+state file, and the next save creates a new one: the classic sequence.
 """
 
 from __future__ import annotations
@@ -209,12 +208,15 @@ class StateFile:
 
         Only for the process that holds the state lock (``tmkms start``): a temp file of a
         running KMS must not vanish under it. A temp file never stands in for the state.
+        The spare stays: every save rewrites it whole, and its room on the disk is what lets
+        the next save succeed on a full disk.
         """
         removed = []
+        spare = os.path.basename(self._spare)
         with contextlib.suppress(FileNotFoundError), os.scandir(self._dir) as entries:
             for entry in entries:
                 name = entry.name
-                if name.startswith(self._temp_prefix) and name.endswith(".tmp"):
+                if name.startswith(self._temp_prefix) and name.endswith(".tmp") and name != spare:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
                         removed.append(name)
