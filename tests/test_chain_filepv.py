@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from conftest import load_vectors, vector_checked
 
-from kms.chain.filepv import decode_sign_bytes
+from kms.chain.filepv import decode_sign_bytes, parse_cometbft_state
 from kms.chain.state import BlockRef, SignState
-from kms.chain.store import parse_cometbft_state
 from kms.errors import ProtocolError, StateError
 
 PRIVVAL_HASH = bytes.fromhex("8B01023386C371778ECB6368573E539AFC3CC860EC3A2F614E54FE5652F4FC80")

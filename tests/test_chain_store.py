@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from kms.chain import store as store_module
 from kms.chain.state import BlockRef, SignState
-from kms.chain.store import StateFile, format_state, parse_state
+from kms.chain.stateformat import format_state, parse_state
+from kms.chain.store import StateFile
 from kms.errors import StateError
 
 HASH = bytes.fromhex("26C0A41F3243C6BCD7AD2DFF8A8D83A71D29D307B5326C227F734A1A512FE47D")

@@ -18,7 +18,8 @@ import trio.testing
 from kms.chain import store as store_module
 from kms.chain import writer as writer_module
 from kms.chain.state import BlockRef, SignState
-from kms.chain.store import StateFile, parse_state
+from kms.chain.stateformat import parse_state
+from kms.chain.store import StateFile
 from kms.chain.writer import StateWriter
 from kms.errors import StateError
 

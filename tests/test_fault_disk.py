@@ -26,7 +26,8 @@ from faultkit import KmsHome, Ledger, accept, ask, block, log_book, start_kms
 from kmsproc import KmsProcess, run_tmkms
 
 from kms.chain.state import BlockRef, SignState
-from kms.chain.store import StateFile, format_state
+from kms.chain.stateformat import format_state
+from kms.chain.store import StateFile
 from kms.testing.node import SignerClient, simulated_node
 from kms.transport.address import Address
 

@@ -17,7 +17,7 @@ from test_e2e_start import write_key
 from test_metrics_e2e import http_get, metrics_base
 
 from kms.chain.state import SignState
-from kms.chain.store import parse_state
+from kms.chain.stateformat import parse_state
 from kms.protocol.messages import SignedMsgType
 from kms.testing.consensus import make_vote, random_block_id
 from kms.testing.node import simulated_node

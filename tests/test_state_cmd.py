@@ -13,7 +13,7 @@ import pytest
 from conftest import load_vectors, vector_checked
 
 from kms.chain.state import BlockRef, SignState
-from kms.chain.store import format_state, parse_state
+from kms.chain.stateformat import format_state, parse_state
 from kms.cli import main
 from kms.lock import lock_path_for, lock_state_files
 

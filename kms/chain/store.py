@@ -1,13 +1,6 @@
-"""The durable, tmkms-compatible double-sign state file.
-
-tmkms writes ``{"height":"H","round":"R","step":S,"block_id":{"hash":"HEX","parts":
-{"total":T,"hash":"HEX"}}}`` (compact JSON, that key order, upper-case hex, a nil block ID as
-empty hashes and a zero total). We write byte-for-byte the same so an operator can switch
-back to tmkms at any time, and read what tmkms and older tendermint-rs versions accept:
-``"block_id": null``, ``part_set_header`` instead of ``parts``, ``total`` as a string and
-hex in either case. Everything else that is off (not JSON, truncated, wrong types, missing
-keys, a step outside 0-2) is refused with a StateError that names the file: starting from
-zero because a file could not be read is how validators get slashed.
+"""The durable double-sign state file, in tmkms's format (:mod:`kms.chain.stateformat`):
+unreadable or damaged files are refused with a StateError that names the file, because
+starting from zero when a file could not be read is how validators get slashed.
 
 Unlike tmkms, every write is durable before ``save`` returns: a temp file in the same
 folder is written and fsync'd, swapped with the state file (or renamed over it), then the
@@ -30,126 +23,24 @@ import concurrent.futures
 import contextlib
 import errno
 import itertools
-import json
 import os
-import re
 import stat
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import attrs
 
 from kms.chain.exchange import rename_exchange
-from kms.chain.filepv import parse_cometbft_state
-from kms.chain.state import (
-    MAX_HEIGHT_VALUE,
-    MAX_ROUND_VALUE,
-    STEP_PRECOMMIT,
-    BlockRef,
-    SignState,
-)
+from kms.chain.state import SignState
+from kms.chain.stateformat import format_state, parse_state
 from kms.errors import StateError
 
-__all__ = [
-    "StateFile",
-    "TempFile",
-    "format_state",
-    "parse_cometbft_state",
-    "parse_state",
-    "save_all",
-]
+__all__ = ["StateFile", "TempFile", "save_all"]
 
-_DECIMAL = re.compile(r"[0-9]+\Z")
-_HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*\Z")
-_MAX_TOTAL = (1 << 32) - 1
 _FILE_MODE = 0o600
 _TEMP_COUNTER = itertools.count()
-
-
-def format_state(state: SignState) -> bytes:
-    """Serialise ``state`` exactly as tmkms does (compact JSON, fixed key order)."""
-    block = state.block
-    return (
-        f'{{"height":"{state.height}","round":"{state.round}","step":{state.step},'
-        f'"block_id":{{"hash":"{block.hash.hex().upper()}","parts":{{"total":'
-        f'{block.parts_total},"hash":"{block.parts_hash.hex().upper()}"}}}}}}'
-    ).encode("ascii")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"invalid JSON constant {name}")
-
-
-def _decimal(value: object, what: str, maximum: int) -> int:
-    """A non-negative integer written as a decimal string (tmkms's height and round)."""
-    if not isinstance(value, str) or not _DECIMAL.match(value):
-        raise ValueError(f"{what} must be a decimal string, got {value!r}")
-    number = int(value)
-    if number > maximum:
-        raise ValueError(f"{what} {number} is out of range")
-    return number
-
-
-def _hex(value: object, what: str) -> bytes:
-    if value is None:
-        return b""
-    if not isinstance(value, str) or not _HEX.match(value):
-        raise ValueError(f"{what} must be a hex string, got {value!r}")
-    return bytes.fromhex(value)
-
-
-def _total(value: object) -> int:
-    if isinstance(value, str):
-        return _decimal(value, "block_id.parts.total", _MAX_TOTAL)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_TOTAL:
-        raise ValueError(f"block_id.parts.total must be a 32-bit unsigned integer, got {value!r}")
-    return value
-
-
-def _field(obj: dict[str, Any], key: str, what: str) -> Any:
-    if key not in obj:
-        raise ValueError(f"missing key {what}")
-    return obj[key]
-
-
-def _block(value: object) -> BlockRef:
-    if value is None:
-        return BlockRef.NIL
-    if not isinstance(value, dict):
-        raise ValueError(f"block_id must be an object or null, got {value!r}")
-    # tmkms writes "parts"; older tendermint-rs wrote "part_set_header". Neither may be
-    # missing or null: tmkms refuses such a file too, and guessing "nil" here could hide
-    # the block that was really signed.
-    key = "parts" if "parts" in value else "part_set_header"
-    parts = _field(value, key, "block_id.parts")
-    if not isinstance(parts, dict):
-        raise ValueError(f"block_id.parts must be an object, got {parts!r}")
-    return BlockRef(
-        hash=_hex(_field(value, "hash", "block_id.hash"), "block_id.hash"),
-        parts_total=_total(_field(parts, "total", "block_id.parts.total")),
-        parts_hash=_hex(_field(parts, "hash", "block_id.parts.hash"), "block_id.parts.hash"),
-    )
-
-
-def parse_state(text: str | bytes) -> SignState:
-    """Parse a tmkms state file's contents; ValueError (with the reason) if it is not one."""
-    doc = json.loads(text, parse_constant=_reject_constant)
-    if not isinstance(doc, dict):
-        raise ValueError("the top level is not a JSON object")
-    for key in ("height", "round", "step", "block_id"):
-        if key not in doc:
-            raise ValueError(f"missing key {key!r}")
-    step = doc["step"]
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= STEP_PRECOMMIT:
-        raise ValueError(f"step must be 0, 1 or 2, got {step!r}")
-    return SignState(
-        height=_decimal(doc["height"], "height", MAX_HEIGHT_VALUE),
-        round=_decimal(doc["round"], "round", MAX_ROUND_VALUE),
-        step=step,
-        block=_block(doc["block_id"]),
-    )
 
 
 @attrs.define

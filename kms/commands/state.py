@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from kms.chain.filepv import parse_cometbft_state
 from kms.chain.state import MAX_HEIGHT_VALUE, BlockRef, SignState
-from kms.chain.store import StateFile, parse_state
+from kms.chain.stateformat import parse_state
+from kms.chain.store import StateFile
 from kms.commands import add_group
 from kms.config import ChainConfig, KmsConfig, config_path_from, load_config
 from kms.errors import ConfigError, StateError
