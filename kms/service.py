@@ -39,6 +39,8 @@ start_log = logging.getLogger("kms.commands.start")
 
 #: How long `tmkms start` waits for a state file lock (a previous KMS still exiting).
 LOCK_WAIT = 3.0
+#: How long shutdown waits for the providers to let go (an HSM that stopped answering).
+CLOSE_TIMEOUT = 5.0
 
 
 @attrs.define
@@ -60,6 +62,17 @@ class Service:
         """
         metrics = use_metrics(metrics if metrics is not None else KmsMetrics())
         registry = build_registry(config)
+        try:
+            trackers = await cls._open_trackers(config, registry, metrics)
+        except BaseException:
+            await _close_registry(registry)
+            raise
+        return cls(config=config, registry=registry, trackers=trackers, metrics=metrics)
+
+    @staticmethod
+    async def _open_trackers(
+        config: KmsConfig, registry: Registry, metrics: KmsMetrics
+    ) -> dict[str, ChainTracker]:
         trackers: dict[str, ChainTracker] = {}
         writer = StateWriter(trio.CapacityLimiter(8))
         for chain in config.chains:
@@ -78,7 +91,11 @@ class Service:
                 await apply_state_hook(tracker, hook.cmd, hook.timeout_secs, hook.fail_closed)
             trackers[chain.id] = tracker
             metrics.add_chain(tracker)
-        return cls(config=config, registry=registry, trackers=trackers, metrics=metrics)
+        return trackers
+
+    async def aclose(self) -> None:
+        """Release the providers (a YubiHSM session, say); at most ``CLOSE_TIMEOUT`` seconds."""
+        await _close_registry(self.registry)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every validator connection until cancelled (or, without reconnect, until done)."""
@@ -149,6 +166,12 @@ async def supervise(session: Session, backoff: Backoff, reconnect: bool) -> None
         session.handler.metrics.on_reconnect()
 
 
+async def _close_registry(registry: Registry) -> None:
+    """``registry.close()`` in a thread, shielded, given up on after ``CLOSE_TIMEOUT``."""
+    with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+        await trio.to_thread.run_sync(registry.close, abandon_on_cancel=True)
+
+
 def _max_height(config: KmsConfig, chain: ChainConfig) -> int | None:
     """The strictest `max_height` among the validators of ``chain`` (None: no limit)."""
     limits = [
@@ -164,6 +187,13 @@ async def _serve_until_signal(config: KmsConfig) -> None:
     laddr = config.metrics.laddr if config.metrics is not None else None
     operations = await Operations.open(metrics, laddr)  # a bad address fails before any key
     service = await Service.open(config, metrics)
+    try:
+        await _serve(config, service, operations)
+    finally:
+        await service.aclose()
+
+
+async def _serve(config: KmsConfig, service: Service, operations: Operations) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 

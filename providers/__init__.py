@@ -8,9 +8,13 @@ tmkms.toml and every session looks its chain's keys up in it.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Literal, Protocol, runtime_checkable
 
 from kms.errors import ConfigError
+
+log = logging.getLogger("providers")
 
 KeyType = Literal["ed25519", "secp256k1"]
 
@@ -53,6 +57,7 @@ class Registry:
         self._consensus: dict[str, Signer] = {}
         self._account: dict[str, Signer] = {}
         self._chains: dict[str, None] = {}
+        self._closers: list[Callable[[], None]] = []
 
     def add(self, chain_id: str, signer: Signer, *, account: bool = False) -> None:
         """Register ``signer`` for ``chain_id``; ConfigError if that slot is already taken.
@@ -91,6 +96,23 @@ class Registry:
     def chains(self) -> list[str]:
         """Chain IDs with any key, in the order they were first added."""
         return list(self._chains)
+
+    def on_close(self, closer: Callable[[], None]) -> None:
+        """Have :meth:`close` call ``closer`` (blocking: a provider's session, say)."""
+        self._closers.append(closer)
+
+    def close(self) -> None:
+        """Release what the providers hold, last opened first; blocking, never raises.
+
+        A closer that fails is logged and the others still run: at shutdown there is
+        nothing better to do with the error.
+        """
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                closer()
+            except Exception as exc:
+                log.warning("closing a key provider failed: %s", exc)
 
     def __contains__(self, chain_id: object) -> bool:
         return chain_id in self._chains

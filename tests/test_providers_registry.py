@@ -65,3 +65,23 @@ def test_unknown_key_type_is_refused() -> None:
     assert isinstance(odd, Signer)  # structurally a Signer...
     with pytest.raises(ConfigError, match="unsupported key type 'rsa'"):
         Registry().add("c", odd)  # ...but not a supported one
+
+
+def test_close_runs_every_closer_last_first_despite_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = Registry()
+    calls: list[str] = []
+
+    def failing() -> None:
+        calls.append("failing")
+        raise OSError("device gone")
+
+    registry.on_close(lambda: calls.append("first"))
+    registry.on_close(failing)
+    registry.on_close(lambda: calls.append("last"))
+    registry.close()
+    assert calls == ["last", "failing", "first"]
+    assert any("device gone" in m for m in caplog.messages)
+    registry.close()  # once only
+    assert calls == ["last", "failing", "first"]

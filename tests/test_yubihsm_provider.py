@@ -43,6 +43,7 @@ from kms.config import (
 from kms.errors import KeyFileError, SignerError
 from kms.keys import format_public_key
 from kms.ops import KmsMetrics, current_metrics, use_metrics
+from kms.service import Service
 from kms.testing.yubihsm import (
     ConnectorServer,
     ManualClock,
@@ -565,3 +566,20 @@ def test_backend_urls_follow_the_adapter() -> None:
     )
     assert backend_url(YubihsmAdapter(type="usb")) == "yhusb://"
     assert backend_url(YubihsmAdapter(type="usb"), "0012345678") == "yhusb://serial=12345678"
+
+
+async def test_the_service_closes_its_hsm_session_when_it_stops(
+    served_rig: Rig, tmp_path: Path
+) -> None:
+    """The HSM has 16 session slots: a stopped KMS gives its slot back, not after 30 s idle."""
+    rig = served_rig
+    doc = yubihsm_config(rig, [{"chain_ids": ["hsm-1"], "key": ED_KEY}])
+    config = config_from_dict(doc, tmp_path / "tmkms.toml", tmp_path)
+    previous = current_metrics()
+    try:
+        service = await Service.open(config)
+        assert len(rig.device.state.sessions) == 1
+        await service.aclose()
+        assert len(rig.device.state.sessions) == 0
+    finally:
+        use_metrics(previous)
