@@ -126,6 +126,36 @@ def test_a_spare_that_is_not_ours_alone_is_replaced(tmp_path: Path, intruder: st
     assert state_file.load() == SignState(2, 0, 0)
 
 
+def test_an_unexpected_error_mid_save_frees_the_spare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_file = StateFile(tmp_path / "s.json")
+    state_file.save(SignState(1, 0, 0))
+    monkeypatch.setattr(store_module.os, "fsync", _fail_with(RuntimeError("bug")))
+    with pytest.raises(RuntimeError, match="bug"):
+        state_file.save(SignState(2, 0, 0))
+    monkeypatch.undo()
+    exchanges: list[str] = []
+    real_exchange = store_module.rename_exchange
+
+    def exchange(src: str, dst: str) -> bool:
+        exchanges.append(os.path.basename(src))
+        return real_exchange(src, dst)
+
+    monkeypatch.setattr(store_module, "rename_exchange", exchange)
+    state_file.save(SignState(3, 0, 0))
+    assert exchanges == [".s.json.spare.tmp"]  # the spare again, not a one-off temp file
+    assert state_file.load() == SignState(3, 0, 0)
+    assert _leftovers(tmp_path) == []
+
+
+def _fail_with(exc: BaseException) -> Any:
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise exc
+
+    return fail
+
+
 def test_without_the_exchange_the_spare_is_renamed_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

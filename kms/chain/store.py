@@ -116,12 +116,17 @@ class StateFile:
     def save(self, state: SignState) -> None:
         """Durably replace the file with ``state``; StateError (old file intact) on failure.
 
-        Temp file in the same folder -> write -> fsync -> rename over -> fsync the folder.
-        The phases are the methods below, which :func:`save_all` runs for many files at once.
+        Spare (or temp file) in the same folder -> write -> fsync -> swap with (or rename
+        over) the state file -> fsync the folder. The phases are the methods below, which
+        :func:`save_all` runs for many files at once.
         """
         temp = self.write_temp(state)
-        self.sync_temp(temp)
-        self.install(temp)
+        try:
+            self.sync_temp(temp)
+            self.install(temp)
+        except BaseException:  # a bug, say: the spare must not stay taken
+            self.discard(temp)
+            raise
         self.sync_folder()
 
     def write_temp(self, state: SignState) -> TempFile:
