@@ -46,22 +46,18 @@ PER_CHAIN_RATE = 30.0
 async def floor() -> dict[str, float]:
     """The physical floor of one signature on this machine, and its parts.
 
-    Also, for the tails: the floor's durable write at p99 (the disk's own tail, which no
-    signer can beat), and the KMS's own state save (the spare exchange) at p50 and p99.
+    Also the floor's durable write at p99: the disk's own tail, which no signer can beat.
     """
     sign = ed25519_sign_s()
     writes = durable_write_samples()
     write = statistics.median(writes)
     rtt = await loopback_round_trip_s()
-    saves = state_save_samples()
     return {
         "ed25519_sign_ms": sign * 1e3,
         "durable_write_ms": write * 1e3,
         "durable_write_p99_ms": percentile(writes, 0.99) * 1e3,
         "loopback_rtt_ms": rtt * 1e3,
         "floor_ms": (sign + write + rtt) * 1e3,
-        "state_save_ms": statistics.median(saves) * 1e3,
-        "state_save_p99_ms": percentile(saves, 0.99) * 1e3,
     }
 
 
@@ -77,9 +73,15 @@ async def sign_latency(heights: int) -> dict[str, Any]:
         signing.latencies.clear()
         for _ in range(heights):
             await signing.one_height()
-        return {"requests": len(signing.latencies), "errors": signing.errors} | summary_ms(
-            signing.latencies
-        )
+    # The disk's tail in the same minute: as many of the KMS's state saves, alone (no
+    # network, no request handling). A signature cannot be faster than its save.
+    saves = state_save_samples(len(signing.latencies))
+    return {
+        "requests": len(signing.latencies),
+        "errors": signing.errors,
+        "state_save_alone_p50_ms": statistics.median(saves) * 1e3,
+        "state_save_alone_p99_ms": percentile(saves, 0.99) * 1e3,
+    } | summary_ms(signing.latencies)
 
 
 async def many_chains(count: int, seconds: float, per_chain_rate: float) -> dict[str, Any]:
@@ -184,16 +186,16 @@ def report(results: dict[str, Any]) -> None:
         f"(durable write p99 {fl['durable_write_p99_ms']:.3f} ms = "
         f"{fl['durable_write_p99_ms'] / fl['floor_ms']:.2f} x floor)"
     )
-    print(
-        f"the KMS's state save alone (spare exchange): p50 {fl['state_save_ms']:.3f} ms, "
-        f"p99 {fl['state_save_p99_ms']:.3f} ms = {fl['state_save_p99_ms'] / fl['floor_ms']:.2f} "
-        "x floor"
-    )
     sl = results["sign_latency"]
     print(
         f"sign latency ({sl['requests']} requests): p50 {sl['p50_ms']:.3f} ms "
         f"(ratio {sl['p50_ms'] / fl['floor_ms']:.2f}), p99 {sl['p99_ms']:.3f} ms "
         f"(ratio {sl['p99_ms'] / fl['floor_ms']:.2f}), max {sl['max_ms']:.3f} ms"
+    )
+    print(
+        f"  right after, as many state saves alone (spare exchange): "
+        f"p50 {sl['state_save_alone_p50_ms']:.3f} ms, p99 {sl['state_save_alone_p99_ms']:.3f} ms "
+        f"(ratio {sl['state_save_alone_p99_ms'] / fl['floor_ms']:.2f})"
     )
     print(
         f"{'chains':>7} {'max sig/s':>10} {'paced sig/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
