@@ -100,10 +100,14 @@ class Service:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every validator connection until cancelled (or, without reconnect, until done)."""
         supervised = [self._session(v) for v in self.config.validators]
-        async with trio.open_nursery() as nursery:
-            for each in supervised:
-                nursery.start_soon(supervise, each.session, each.backoff, each.reconnect)
-            task_status.started()
+        async with trio.open_nursery() as providers:
+            for task in self.registry.tasks():  # providers' own (an HSM keepalive, say)
+                providers.start_soon(task)
+            async with trio.open_nursery() as nursery:
+                for each in supervised:
+                    nursery.start_soon(supervise, each.session, each.backoff, each.reconnect)
+                task_status.started()
+            providers.cancel_scope.cancel()  # they serve the validators: no longer needed
 
     def _session(self, validator: ValidatorConfig) -> _Supervised:
         chain = self.config.chain(validator.chain_id)

@@ -9,7 +9,7 @@ tmkms.toml and every session looks its chain's keys up in it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol, runtime_checkable
 
 from kms.errors import ConfigError
@@ -58,6 +58,7 @@ class Registry:
         self._account: dict[str, Signer] = {}
         self._chains: dict[str, None] = {}
         self._closers: list[Callable[[], None]] = []
+        self._tasks: list[Callable[[], Awaitable[None]]] = []
 
     def add(self, chain_id: str, signer: Signer, *, account: bool = False) -> None:
         """Register ``signer`` for ``chain_id``; ConfigError if that slot is already taken.
@@ -96,6 +97,14 @@ class Registry:
     def chains(self) -> list[str]:
         """Chain IDs with any key, in the order they were first added."""
         return list(self._chains)
+
+    def add_task(self, task: Callable[[], Awaitable[None]]) -> None:
+        """A provider's background task (a session keepalive, say), run while serving."""
+        self._tasks.append(task)
+
+    def tasks(self) -> list[Callable[[], Awaitable[None]]]:
+        """The background tasks, in the order they were added."""
+        return list(self._tasks)
 
     def on_close(self, closer: Callable[[], None]) -> None:
         """Have :meth:`close` call ``closer`` (blocking: a provider's session, say)."""

@@ -85,3 +85,15 @@ def test_close_runs_every_closer_last_first_despite_failures(
     assert any("device gone" in m for m in caplog.messages)
     registry.close()  # once only
     assert calls == ["last", "failing", "first"]
+
+
+def test_background_tasks_are_kept_in_order() -> None:
+    registry = Registry()
+
+    async def first() -> None: ...
+
+    async def second() -> None: ...
+
+    registry.add_task(first)
+    registry.add_task(second)
+    assert registry.tasks() == [first, second]

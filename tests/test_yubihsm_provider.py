@@ -216,6 +216,26 @@ async def test_ed25519_and_secp256k1_signatures_verify(rig: Rig) -> None:
     assert device.requests == 2 and device.errors == 0
 
 
+@pytest.mark.parametrize("keepalive", [True, False])
+async def test_keepalive_keeps_an_idle_session_open(rig: Rig, keepalive: bool) -> None:
+    """60 s of the device's time without a signature: the keepalive spares a new session."""
+    connection = rig.connection()
+    device = HsmDevice(connection)
+    signer = YubiHsmEd25519Signer(device, ED_KEY, rig.public[ED_KEY])
+    await signer.sign(b"one")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            if keepalive:  # pings after 0.05 s idle; the device's clock moves 10 s per 0.2 s
+                nursery.start_soon(device.keep_alive, 0.05)
+            for _ in range(6):
+                await trio.sleep(0.2)
+                rig.clock.advance(10)
+            nursery.cancel_scope.cancel()
+    VerifyKey(rig.public[ED_KEY]).verify(b"two", await signer.sign(b"two"))
+    assert connection.stats.session_reopens == (0 if keepalive else 1)
+    assert (device.requests > 2) == keepalive and device.errors == 0
+
+
 async def test_session_expiry_reopens_the_session_transparently(rig: Rig) -> None:
     connection = rig.connection()
     signer = YubiHsmEd25519Signer(HsmDevice(connection), ED_KEY, rig.public[ED_KEY])
@@ -579,6 +599,9 @@ async def test_the_service_closes_its_hsm_session_when_it_stops(
     try:
         service = await Service.open(config)
         assert len(rig.device.state.sessions) == 1
+        assert len(service.registry.tasks()) == 1  # the session keepalive
+        with trio.fail_after(5):
+            await service.serve()  # no validators: done at once, the keepalive stopped too
         await service.aclose()
         assert len(rig.device.state.sessions) == 0
     finally:

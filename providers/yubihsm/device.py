@@ -27,6 +27,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import trio
+from yubihsm.core import AuthSession
+from yubihsm.defs import COMMAND
 
 from kms.backoff import Backoff
 from kms.errors import SignerError
@@ -38,6 +40,9 @@ T = TypeVar("T")
 
 #: Seconds one request may spend on the HSM, waiting and reconnecting included.
 DEFAULT_DEADLINE = 2.0
+#: Seconds without a command after which :meth:`HsmDevice.keep_alive` pings the session
+#: (the YubiHSM 2 closes a session after 30 s without one).
+KEEPALIVE_IDLE = 20.0
 
 
 class HsmDevice:
@@ -63,6 +68,7 @@ class HsmDevice:
         self._limiter: trio.CapacityLimiter | None = None
         self._retry_at: float | None = None
         self._last_failure = ""
+        self._last_used: float | None = None  # trio time of the last request
         self.requests = 0
         self.errors = 0
         self.fast_failures = 0
@@ -88,11 +94,30 @@ class HsmDevice:
         ``what`` names the operation in error messages (e.g. ``"SIGN_EDDSA with key 0x0001"``).
         """
         self.requests += 1
+        self._last_used = trio.current_time()
         try:
             return await self._run(operation, what)
         except SignerError:
             self.errors += 1
             raise
+
+    async def keep_alive(self, idle: float = KEEPALIVE_IDLE) -> None:
+        """Forever: after ``idle`` seconds without a request, send an ECHO in the session.
+
+        The device would otherwise close an idle session after 30 s, and the next signature
+        would pay for authenticating a new one. A failed ping is only logged (at debug):
+        the device's own reconnect logic reports outages.
+        """
+        if self._last_used is None:
+            self._last_used = trio.current_time()
+        while True:
+            await trio.sleep_until(self._last_used + idle)
+            if trio.current_time() - self._last_used < idle:
+                continue  # a request came meanwhile
+            try:
+                await self.run(_echo, "ECHO (session keepalive)")
+            except SignerError as exc:
+                log.debug("YubiHSM keepalive failed: %s", exc)
 
     async def _run(self, operation: Operation[T], what: str) -> T:
         deadline = trio.current_time() + self.deadline
@@ -148,3 +173,8 @@ class HsmDevice:
                 self.on_reachability(reachable, reason)
             except Exception:  # monitoring must never break signing
                 log.exception("YubiHSM reachability callback failed")
+
+
+def _echo(session: AuthSession) -> bytes:
+    """A session command with no effect: it only counts as activity."""
+    return session.send_secure_cmd(COMMAND.ECHO, b"keepalive")

@@ -90,6 +90,7 @@ def add_yubihsm_signers(registry: Registry, yubihsm: YubihsmConfig, config: KmsC
     except BaseException:
         connection.close()
         raise
+    registry.add_task(device.keep_alive)  # the session outlives idle spells
     registry.on_close(connection.close)  # frees the HSM's session slot at shutdown
     for key, (signer, account) in zip(yubihsm.keys, signers, strict=True):
         for chain_id in key.chain_ids:
