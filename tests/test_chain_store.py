@@ -126,6 +126,38 @@ def test_a_spare_that_is_not_ours_alone_is_replaced(tmp_path: Path, intruder: st
     assert state_file.load() == SignState(2, 0, 0)
 
 
+def test_a_spare_with_loose_permissions_is_tightened(tmp_path: Path) -> None:
+    state_file = StateFile(tmp_path / "s.json")
+    state_file.save(SignState(1, 0, 0))
+    spare = tmp_path / ".s.json.spare.tmp"
+    spare.write_text("copied in by hand")
+    spare.chmod(0o644)
+    state_file.save(SignState(2, 0, 0))  # the spare (now the state file) is rewritten
+    assert stat.S_IMODE((tmp_path / "s.json").stat().st_mode) == 0o600
+    assert state_file.load() == SignState(2, 0, 0)
+
+
+def test_a_spare_this_user_cannot_write_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root's spare (left by a `tmkms state` run as root) must not stop a KMS run as a user."""
+    state_file = StateFile(tmp_path / "s.json")
+    state_file.save(SignState(1, 0, 0))
+    spare = tmp_path / ".s.json.spare.tmp"
+    spare.write_text("root's")
+    real_open = os.open
+
+    def open_as_another_user(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path) == str(spare) and not flags & os.O_EXCL:
+            raise PermissionError(errno.EACCES, "Permission denied", str(spare))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.os, "open", open_as_another_user)
+    state_file.save(SignState(2, 0, 0))
+    monkeypatch.undo()
+    assert state_file.load() == SignState(2, 0, 0)
+
+
 def test_an_unexpected_error_mid_save_frees_the_spare(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

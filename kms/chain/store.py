@@ -163,18 +163,24 @@ class StateFile:
     def _open_spare(self) -> tuple[int, int]:
         """Open the spare for rewriting, creating it if needed; (fd, its current size).
 
-        A symlink or a hard-linked file at the spare's name is replaced by a new file: the
-        spare is rewritten in place, so it must be ours alone.
+        The spare is rewritten in place and then becomes the state file, so it must be a
+        plain file of this user's alone, mode 0600. Anything else at its name (a symlink, a
+        hard link, a file of another user, say root's after a ``tmkms state`` run as root)
+        is replaced by a new file.
         """
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(self._spare, flags, _FILE_MODE)
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:  # O_NOFOLLOW met a symlink
+        except OSError as exc:  # ELOOP: O_NOFOLLOW met a symlink; EACCES: not ours
+            if exc.errno not in (errno.ELOOP, errno.EACCES, errno.EPERM):
                 raise
+            if not os.path.lexists(self._spare):
+                raise  # no spare in the way: the folder itself refuses
         else:
             found = os.fstat(fd)
-            if stat.S_ISREG(found.st_mode) and found.st_nlink == 1:
+            if stat.S_ISREG(found.st_mode) and found.st_nlink == 1 and found.st_uid == os.geteuid():
+                if stat.S_IMODE(found.st_mode) != _FILE_MODE:
+                    os.fchmod(fd, _FILE_MODE)
                 return fd, found.st_size
             os.close(fd)
         os.unlink(self._spare)
