@@ -377,10 +377,7 @@ def test_creating_a_missing_file_is_durable_too(
 
 
 def _fail(exc_errno: int) -> Any:
-    def fail(*args: Any, **kwargs: Any) -> Any:
-        raise OSError(exc_errno, os.strerror(exc_errno))
-
-    return fail
+    return _fail_with(OSError(exc_errno, os.strerror(exc_errno)))
 
 
 @pytest.mark.parametrize(
