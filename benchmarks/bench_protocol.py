@@ -34,7 +34,7 @@ from nacl.signing import SigningKey
 from kms.proto.gen.tendermint import privval as pv
 from kms.proto.gen.tendermint import types as bp_types
 from kms.protocol.codec import decode_request, encode_request, encode_response
-from kms.protocol.framing import FrameDecoder, frame
+from kms.protocol.delimited import FrameDecoder, frame
 from kms.protocol.messages import (
     BlockId,
     PartSetHeader,

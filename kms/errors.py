@@ -35,10 +35,12 @@ class StateError(KmsError):
 class SigningRefused(KmsError):
     """A request that must not be signed; answered with a RemoteSignerError reply.
 
-    ``code`` is the RemoteSignerError code sent to the node.
+    ``code`` is the RemoteSignerError code sent to the node; ``reason`` labels the refusal
+    in the metrics (``tmkms_refusals_total{reason=...}``).
     """
 
     code: int = 1
+    reason: str = "other"
 
 
 class DoubleSignError(SigningRefused):

@@ -70,6 +70,29 @@ def _error(code: int, exc: BaseException | str) -> RemoteSignerError:
     return RemoteSignerError(code=code, description=str(exc))
 
 
+@attrs.frozen
+class SignatureRecord:
+    """A vote or proposal just signed: what its log line and counters need."""
+
+    msg_type: int
+    height: int
+    round: int
+    block_id: BlockId
+    seconds: float
+
+
+@attrs.frozen
+class Answer:
+    """The response to one request, and the signature it carries, if any.
+
+    The session sends :attr:`response` first and then has the handler :meth:`report
+    <RequestHandler.report>` the answer: logging a signature adds no latency to it.
+    """
+
+    response: Response
+    signed: SignatureRecord | None = None
+
+
 @attrs.define
 class RequestHandler:
     """Answers the requests of one validator connection for one chain."""
@@ -81,36 +104,29 @@ class RequestHandler:
     sign_extensions: bool
     peer: str
     metrics: ValidatorMetrics = attrs.field(factory=ValidatorMetrics)
-    # type, height, round, block ID and seconds of the last signature, until report()
-    _signed: tuple[int, int, int, BlockId, float] | None = attrs.field(default=None, init=False)
 
     @property
     def prefix(self) -> str:
         """`[chain@addr]`, the label of every log line about this connection."""
         return f"[{self.chain_id}@{self.peer}]"
 
-    async def handle(self, request: Request) -> Response:
-        """Return the response to ``request``; refusals are RemoteSignerError replies."""
-        try:
-            return await self.answer(request)
-        finally:
-            self.report()
+    async def answer(self, request: Request) -> Answer:
+        """The answer to ``request``; refusals are RemoteSignerError replies inside it.
 
-    async def answer(self, request: Request) -> Response:
-        """:meth:`handle`, except that a signature's log line and counters wait for
-        :meth:`report`: the session sends the reply first, so logging adds no latency."""
+        A signature's log line and counters wait for :meth:`report`.
+        """
         if isinstance(request, SignVoteRequest):
             return await self._sign_vote(request)
         if isinstance(request, SignProposalRequest):
             return await self._sign_proposal(request)
         if isinstance(request, PingRequest):
-            return PingResponse()
+            return Answer(PingResponse())
         if isinstance(request, PubKeyRequest):
-            return self._pub_key(request)
+            return Answer(self._pub_key(request))
         if isinstance(request, SignRawBytesRequest):
-            return await self._sign_raw(request)
+            return Answer(await self._sign_raw(request))
         if isinstance(request, SignBytesRequest):
-            return await self._sign_bytes(request)
+            return Answer(await self._sign_bytes(request))
         raise ProtocolError(f"unexpected message from validator: {type(request).__name__}")
 
     def _chain_mismatch(self, chain_id: str) -> RemoteSignerError | None:
@@ -157,12 +173,12 @@ class RequestHandler:
                 timestamp=(msg.timestamp.seconds, msg.timestamp.nanos),
             ),
             peer=self.peer,
-            metrics=self.metrics,
+            observer=self.metrics,
         )
 
-    async def _sign_vote(self, request: SignVoteRequest) -> SignedVoteResponse:
+    async def _sign_vote(self, request: SignVoteRequest) -> Answer:
         if error := self._chain_mismatch(request.chain_id):
-            return SignedVoteResponse(vote=None, error=error)
+            return Answer(SignedVoteResponse(vote=None, error=error))
         vote: Vote = request.vote
         started = time.perf_counter()
         try:
@@ -176,17 +192,17 @@ class RequestHandler:
                 )
                 self.metrics.signed_other("vote_extension")
         except KmsError as exc:
-            return SignedVoteResponse(vote=None, error=self._refusal(exc))
+            return Answer(SignedVoteResponse(vote=None, error=self._refusal(exc)))
         vote.signature = signed.signature
         vote.timestamp = Timestamp(*signed.timestamp)
         vote.extension_signature = extension_signature
         elapsed = time.perf_counter() - started
-        self._signed = (vote.type, vote.height, vote.round, vote.block_id, elapsed)
-        return SignedVoteResponse(vote=vote)
+        record = SignatureRecord(vote.type, vote.height, vote.round, vote.block_id, elapsed)
+        return Answer(SignedVoteResponse(vote=vote), record)
 
-    async def _sign_proposal(self, request: SignProposalRequest) -> SignedProposalResponse:
+    async def _sign_proposal(self, request: SignProposalRequest) -> Answer:
         if error := self._chain_mismatch(request.chain_id):
-            return SignedProposalResponse(proposal=None, error=error)
+            return Answer(SignedProposalResponse(proposal=None, error=error))
         proposal: Proposal = request.proposal
         started = time.perf_counter()
         try:
@@ -197,16 +213,16 @@ class RequestHandler:
                 proposal_sign_bytes(self.chain_id, proposal),
             )
         except KmsError as exc:
-            return SignedProposalResponse(proposal=None, error=self._refusal(exc))
+            return Answer(SignedProposalResponse(proposal=None, error=self._refusal(exc)))
         proposal.signature = signed.signature
-        self._signed = (
+        record = SignatureRecord(
             SignedMsgType.PROPOSAL,
             proposal.height,
             proposal.round,
             proposal.block_id,
             time.perf_counter() - started,
         )
-        return SignedProposalResponse(proposal=proposal)
+        return Answer(SignedProposalResponse(proposal=proposal), record)
 
     async def _sign_raw(self, request: SignRawBytesRequest) -> SignedRawBytesResponse:
         if error := self._chain_mismatch(request.chain_id):
@@ -244,23 +260,22 @@ class RequestHandler:
         log.error("%s signing failed: %s", self.prefix, exc)
         return _error(ERR_SIGNER, f"signing failed: {exc}")
 
-    def report(self) -> None:
-        """Log and count the signature of the last :meth:`answer`, if it made one."""
-        if self._signed is None:
+    def report(self, answer: Answer) -> None:
+        """Log and count the signature ``answer`` carries, if any."""
+        record = answer.signed
+        if record is None:
             return
-        msg_type, height, round_, block_id, elapsed = self._signed
-        self._signed = None
-        step = step_of(msg_type)
-        self.metrics.signed(step, height, round_)
+        step = step_of(record.msg_type)
+        self.metrics.signed(step, record.height, record.round)
         log.info(
             "%s signed %s:%s at h/r/s %d/%d/%d (%d ms)",
             self.prefix,
             STEP_NAMES[step],
-            block_ref(block_id).prefix(),
-            height,
-            round_,
+            block_ref(record.block_id).prefix(),
+            record.height,
+            record.round,
             step,
-            int(elapsed * 1000),
+            int(record.seconds * 1000),
         )
 
 

@@ -1,4 +1,10 @@
-"""Builds the provider registry (chain ID -> signer) from tmkms.toml's provider sections."""
+"""Builds the provider registry (chain ID -> signer) from tmkms.toml's provider sections.
+
+Each provider section is opened into a :class:`providers.OpenedProvider` (the provider knows
+nothing of the registry or of the metrics); this module registers its keys, logs each one
+as tmkms does, and hands the provider its :class:`providers.ProviderHealth` (the metrics of
+that provider, when the KMS keeps metrics).
+"""
 
 from __future__ import annotations
 
@@ -12,26 +18,47 @@ from kms.keys import (
     read_priv_validator_key_json,
     warn_if_readable_by_others,
 )
-from providers import Registry, Signer
+from kms.ops.stats import KmsMetrics
+from providers import OpenedProvider, ProviderKey, Registry, Signer
 from providers.softsign import Ed25519SoftSigner, Secp256k1SoftSigner
 
 log = logging.getLogger("kms.keyring")
 
 
-def build_registry(config: KmsConfig) -> Registry:
-    """Load every configured key and register it for its chains; KmsError on any problem."""
-    registry = Registry()
-    for softsign in config.softsign:
-        signer = _softsign_signer(softsign)
-        account = softsign.key_type == "account"
-        for chain_id in softsign.chain_ids:
-            registry.add(chain_id, signer, account=account)
-            log_added(config, chain_id, "softsign", softsign.key_type, signer)
-    if config.yubihsm is not None:
-        from providers.yubihsm import add_yubihsm_signers
+def build_registry(config: KmsConfig, metrics: KmsMetrics | None = None) -> Registry:
+    """Load every configured key and register it for its chains; KmsError on any problem.
 
-        add_yubihsm_signers(registry, config.yubihsm, config)
+    Providers opened before a failure are closed again before the error propagates.
+    """
+    metrics = metrics if metrics is not None else KmsMetrics()
+    registry = Registry()
+    try:
+        _add(registry, config, _softsign(config))
+        if config.yubihsm is not None:
+            from providers.yubihsm import open_yubihsm
+
+            _add(registry, config, open_yubihsm(config.yubihsm, metrics.provider("yubihsm")))
+    except BaseException:
+        registry.close()
+        raise
     return registry
+
+
+def _add(registry: Registry, config: KmsConfig, opened: OpenedProvider) -> None:
+    registry.add_provider(opened)
+    for key in opened.keys:
+        for chain_id in key.chain_ids:
+            log_added(config, chain_id, opened.name, key.kind, key.signer)
+
+
+def _softsign(config: KmsConfig) -> OpenedProvider:
+    return OpenedProvider(
+        "softsign",
+        keys=[
+            ProviderKey(_softsign_signer(section), section.chain_ids, section.key_type)
+            for section in config.softsign
+        ],
+    )
 
 
 def _softsign_signer(softsign: SoftsignConfig) -> Signer:

@@ -19,6 +19,7 @@ import trio
 from kms import __version__
 from kms.backoff import Backoff
 from kms.chain.hook import apply_state_hook
+from kms.chain.local import LocalStore
 from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker
 from kms.chain.writer import StateWriter
@@ -29,7 +30,7 @@ from kms.keyring import build_registry
 from kms.keys import load_ed25519_key, warn_if_readable_by_others
 from kms.lock import lock_state_files
 from kms.ops.runtime import Operations
-from kms.ops.stats import KmsMetrics, use_metrics
+from kms.ops.stats import KmsMetrics, ValidatorMetrics
 from kms.sdnotify import ReadyNotifier, notify
 from kms.session import Session, describe_error
 from providers import Registry
@@ -57,11 +58,10 @@ class Service:
     async def open(cls, config: KmsConfig, metrics: KmsMetrics | None = None) -> Service:
         """Load keys and state files and run state hooks; raises KmsError on any problem.
 
-        ``metrics`` (default: new ones) become the process's current metrics, which is
-        where providers find theirs (:func:`kms.ops.provider_metrics`).
+        ``metrics`` (default: new ones) count what the validators, chains and providers do.
         """
-        metrics = use_metrics(metrics if metrics is not None else KmsMetrics())
-        registry = build_registry(config)
+        metrics = metrics if metrics is not None else KmsMetrics()
+        registry = build_registry(config, metrics)
         try:
             trackers = await cls._open_trackers(config, registry, metrics)
         except BaseException:
@@ -80,10 +80,9 @@ class Service:
                 continue
             tracker = ChainTracker(
                 chain.id,
-                StateFile(chain.state_file),
+                LocalStore(StateFile(chain.state_file), writer, label=chain.id),
                 registry.consensus(chain.id),
                 max_height=_max_height(config, chain),
-                writer=writer,
             )
             await tracker.open()
             if chain.state_hook is not None:
@@ -105,7 +104,9 @@ class Service:
                 providers.start_soon(task)
             async with trio.open_nursery() as nursery:
                 for each in supervised:
-                    nursery.start_soon(supervise, each.session, each.backoff, each.reconnect)
+                    nursery.start_soon(
+                        supervise, each.session, each.backoff, each.reconnect, each.metrics
+                    )
                 task_status.started()
             providers.cancel_scope.cancel()  # they serve the validators: no longer needed
 
@@ -122,6 +123,7 @@ class Service:
         )
         backoff = self.backoff_factory()
         signer = self.registry.consensus(chain.id)
+        metrics = self.metrics.validator(chain.id, str(validator.addr), signer.provider)
         handler = RequestHandler(
             chain_id=chain.id,
             version=validator.protocol_version,
@@ -129,7 +131,7 @@ class Service:
             signer=signer,
             sign_extensions=sign_extensions,
             peer=str(validator.addr),
-            metrics=self.metrics.validator(chain.id, str(validator.addr), signer.provider),
+            metrics=metrics,
         )
         session = Session(
             addr=validator.addr,
@@ -139,8 +141,9 @@ class Service:
             timeout=validator.timeout,
             prefix=handler.prefix,
             on_connected=backoff.reset,
+            events=metrics,
         )
-        return _Supervised(session=session, backoff=backoff, reconnect=validator.reconnect)
+        return _Supervised(session, backoff, validator.reconnect, metrics)
 
 
 @attrs.define
@@ -148,9 +151,12 @@ class _Supervised:
     session: Session
     backoff: Backoff
     reconnect: bool
+    metrics: ValidatorMetrics
 
 
-async def supervise(session: Session, backoff: Backoff, reconnect: bool) -> None:
+async def supervise(
+    session: Session, backoff: Backoff, reconnect: bool, metrics: ValidatorMetrics
+) -> None:
     """Run ``session`` again and again, logging each failure and sleeping ``backoff``."""
     while True:
         error = None
@@ -162,12 +168,12 @@ async def supervise(session: Session, backoff: Backoff, reconnect: bool) -> None
         except Exception as exc:  # one validator's bug must not take the others down
             error = describe_error(exc)
             log.exception("%s unexpected error: %s", session.prefix, error)
-        session.handler.metrics.on_session_ended(error)
+        metrics.on_session_ended(error)
         if not reconnect:
             log.info("%s reconnect = false; not dialling again", session.prefix)
             return
         await trio.sleep(backoff.next_delay())
-        session.handler.metrics.on_reconnect()
+        metrics.on_reconnect()
 
 
 async def _close_registry(registry: Registry) -> None:

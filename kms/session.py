@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 import trio
@@ -17,8 +18,8 @@ from nacl.signing import SigningKey
 
 from kms.errors import KmsError, ProtocolError
 from kms.handler import RequestHandler
-from kms.protocol.codec import decode_request, encode_response
-from kms.protocol.framing import FrameDecoder, frame
+from kms.protocol.connection import CLOSED, NEED_DATA, PrivvalConnection
+from kms.protocol.messages import Request
 from kms.protocol.version import ProtocolVersion
 from kms.transport.address import Address
 from kms.transport.dial import open_connection
@@ -35,6 +36,26 @@ class ConnectionClosed(KmsError):
     """The validator closed the connection cleanly."""
 
 
+class ConnectionEvents(Protocol):
+    """Hears what happens to the connection (kms.ops.stats.ValidatorMetrics is one)."""
+
+    def on_connected(self) -> None:
+        """The handshake succeeded."""
+        ...
+
+    def on_handshake_failure(self) -> None:
+        """The Secret Connection handshake failed or timed out."""
+        ...
+
+
+class _Ignored:
+    def on_connected(self) -> None:
+        pass
+
+    def on_handshake_failure(self) -> None:
+        pass
+
+
 @attrs.define
 class Session:
     """Serves one `[[validator]]` connection for as long as it lives."""
@@ -46,6 +67,7 @@ class Session:
     timeout: float
     prefix: str
     on_connected: Callable[[], None] = lambda: None
+    events: ConnectionEvents = attrs.field(factory=_Ignored)
 
     async def run(self) -> None:
         """Dial, handshake and serve; raises when the connection fails or closes."""
@@ -55,7 +77,7 @@ class Session:
             if isinstance(stream, SecretStream) and self.addr.peer_id is None:
                 log.warning("%s: unverified validator peer ID! (%s)", self.prefix, stream.peer_id)
             self.on_connected()
-            self.handler.metrics.on_connected()
+            self.events.on_connected()
             await self._serve(stream)
 
     async def _connect(self) -> trio.abc.Stream:
@@ -71,34 +93,33 @@ class Session:
                 stream = await secret_handshake(transport, self.identity, self.addr.peer_id)
         except BaseException as exc:
             if isinstance(exc, Exception):
-                self.handler.metrics.on_handshake_failure()
+                self.events.on_handshake_failure()
             await trio.aclose_forcefully(transport)
             raise
         return stream
 
     async def _serve(self, stream: trio.abc.Stream) -> None:
-        decoder = FrameDecoder()
+        connection = PrivvalConnection("signer", self.version)
         while True:
-            payload = decoder.next_message()
-            if payload is None:
+            event = connection.next_event()
+            if event is NEED_DATA:
                 with trio.fail_after(self.timeout):
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                if not data:
-                    raise ConnectionClosed("validator closed the connection")
-                decoder.feed(bytes(data))
+                    connection.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))
                 continue
-            request = decode_request(payload, self.version)
+            if event is CLOSED:
+                raise ConnectionClosed("validator closed the connection")
+            assert isinstance(event, Request)  # the signer's end reads requests only
             # A request that arrived is answered even during shutdown: the state write is
             # already shielded, and a node that gets its reply does not have to retry.
             # One scope does both jobs: shielded from shutdown, bounded by the timeout.
             with trio.CancelScope(
                 shield=True, deadline=trio.current_time() + self.timeout
             ) as scope:
-                response = await self.handler.answer(request)
+                answer = await self.handler.answer(event)
                 try:
-                    await stream.send_all(frame(encode_response(response, self.version)))
+                    await stream.send_all(connection.send(answer.response))
                 finally:
-                    self.handler.report()
+                    self.handler.report(answer)
             if scope.cancelled_caught:
                 raise trio.TooSlowError("request not answered in time")
 

@@ -1,9 +1,15 @@
 """Signing providers: the Signer protocol every key backend implements, and the registry.
 
-A provider (softsign file keys, a YubiHSM 2) hands out Signer objects. The registry holds,
-per chain ID, exactly one consensus key (what signs votes and proposals) and at most one
-account key (secp256k1, for ``SignRawBytes``-style requests); the service builds it from
-tmkms.toml and every session looks its chain's keys up in it.
+A provider (softsign file keys, a YubiHSM 2, a PKCS#11 token) is opened from its config
+section into an :class:`OpenedProvider`: its keys (:class:`ProviderKey`, each a Signer and
+the chains it signs for), the background tasks it needs while serving, and how to close it.
+It reports its device's health through :class:`ProviderHealth`, which it is handed when it
+is opened; it knows nothing of the metrics behind it, nor of the registry.
+
+The registry holds, per chain ID, exactly one consensus key (what signs votes and proposals)
+and at most one account key (secp256k1, for ``SignRawBytes``-style requests);
+:func:`kms.keyring.build_registry` fills it from tmkms.toml and every session looks its
+chain's keys up in it.
 """
 
 from __future__ import annotations
@@ -12,13 +18,25 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol, runtime_checkable
 
+import attrs
+
 from kms.errors import ConfigError
 
 log = logging.getLogger("providers")
 
 KeyType = Literal["ed25519", "secp256k1"]
 
-__all__ = ["KeyType", "Registry", "Signer"]
+KeyKind = Literal["consensus", "account"]
+
+__all__ = [
+    "KeyKind",
+    "KeyType",
+    "OpenedProvider",
+    "ProviderHealth",
+    "ProviderKey",
+    "Registry",
+    "Signer",
+]
 
 
 @runtime_checkable
@@ -48,6 +66,49 @@ class Signer(Protocol):
     async def sign(self, message: bytes) -> bytes:
         """Sign ``message``; raises kms.errors.SignerError when the backend fails."""
         ...
+
+
+class ProviderHealth(Protocol):
+    """How a provider reports its device's health (kms.ops.stats.ProviderMetrics is one)."""
+
+    def set_reachable(self, reachable: bool, reason: str | None = None) -> None:
+        """The device answers again, or stopped answering (``reason`` says why)."""
+        ...
+
+    def count_session_reopens_from(self, source: Callable[[], int]) -> None:
+        """Read ``source()`` (sessions the provider re-opened) whenever it is reported."""
+        ...
+
+
+class NoHealth:
+    """A ProviderHealth that keeps nothing (commands that open a provider briefly)."""
+
+    def set_reachable(self, reachable: bool, reason: str | None = None) -> None:
+        """Ignored."""
+
+    def count_session_reopens_from(self, source: Callable[[], int]) -> None:
+        """Ignored."""
+
+
+@attrs.frozen
+class ProviderKey:
+    """One key of a provider and the chains it signs for."""
+
+    signer: Signer
+    chain_ids: tuple[str, ...]
+    kind: KeyKind = "consensus"
+
+
+@attrs.define
+class OpenedProvider:
+    """What opening a provider's config section yields (see the module docstring)."""
+
+    name: str
+    keys: list[ProviderKey] = attrs.Factory(list)
+    #: run beside the validator connections while serving (an HSM keepalive, say)
+    tasks: list[Callable[[], Awaitable[None]]] = attrs.Factory(list)
+    #: blocking; frees what the provider holds (an HSM session slot, say)
+    close: Callable[[], None] | None = None
 
 
 class Registry:
@@ -98,17 +159,22 @@ class Registry:
         """Chain IDs with any key, in the order they were first added."""
         return list(self._chains)
 
-    def add_task(self, task: Callable[[], Awaitable[None]]) -> None:
-        """A provider's background task (a session keepalive, say), run while serving."""
-        self._tasks.append(task)
+    def add_provider(self, opened: OpenedProvider) -> None:
+        """Take over ``opened``'s tasks and closer, then register each of its keys.
+
+        On a ConfigError (a chain given two keys) the provider is already owned by the
+        registry: :meth:`close` releases it.
+        """
+        self._tasks.extend(opened.tasks)
+        if opened.close is not None:
+            self._closers.append(opened.close)
+        for key in opened.keys:
+            for chain_id in key.chain_ids:
+                self.add(chain_id, key.signer, account=key.kind == "account")
 
     def tasks(self) -> list[Callable[[], Awaitable[None]]]:
-        """The background tasks, in the order they were added."""
+        """The providers' background tasks, in the order they were added."""
         return list(self._tasks)
-
-    def on_close(self, closer: Callable[[], None]) -> None:
-        """Have :meth:`close` call ``closer`` (blocking: a provider's session, say)."""
-        self._closers.append(closer)
 
     def close(self) -> None:
         """Release what the providers hold, last opened first; blocking, never raises.

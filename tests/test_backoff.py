@@ -11,9 +11,11 @@ import trio
 from nacl.signing import SigningKey
 
 from kms.backoff import Backoff
+from kms.chain.local import LocalStore
 from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker
 from kms.handler import RequestHandler
+from kms.ops.stats import ValidatorMetrics
 from kms.protocol.version import ProtocolVersion
 from kms.service import supervise
 from kms.session import Session
@@ -50,7 +52,7 @@ class RecordingSession(Session):
 
 async def _session(tmp_path: Path, prefix: str) -> RecordingSession:
     signer = Ed25519SoftSigner(SigningKey.generate())
-    tracker = ChainTracker("test-1", StateFile(tmp_path / "state.json"), signer)
+    tracker = ChainTracker("test-1", LocalStore(StateFile(tmp_path / "state.json")), signer)
     await tracker.open()
     handler = RequestHandler(
         chain_id="test-1",
@@ -82,7 +84,7 @@ async def test_supervisor_retries_on_the_backoff_schedule(
     backoff = Backoff(rng=random.Random(rng_seed))
     start = trio.current_time()
     with trio.move_on_after(5.0):
-        await supervise(session, backoff, reconnect=True)
+        await supervise(session, backoff, True, ValidatorMetrics())
     schedule = [start]
     while True:
         following = schedule[-1] + expected.next_delay()
@@ -100,5 +102,5 @@ async def test_no_reconnect_ends_the_task_after_one_failure(
 ) -> None:
     session = await _session(tmp_path, "[test-1@unix]")
     with trio.fail_after(1):
-        await supervise(session, Backoff(), reconnect=False)
+        await supervise(session, Backoff(), False, ValidatorMetrics())
     assert len(session.attempts) == 1

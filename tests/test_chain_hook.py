@@ -17,6 +17,7 @@ from kms.chain.hook import (
     parse_hook_output,
     run_state_hook,
 )
+from kms.chain.local import LocalStore
 from kms.chain.state import BlockRef, SignState
 from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker, DoubleSignRefused, SignRequest
@@ -33,7 +34,7 @@ async def tracker_at(tmp_path: Path, height: int) -> ChainTracker:
     store = StateFile(tmp_path / "state.json")
     store.save(SignState(height, 0, 2, BlockRef(b"\xaa" * 32, 1, b"\xbb" * 32)))
     signer = Ed25519SoftSigner(nacl.signing.SigningKey(bytes(32)))
-    return await ChainTracker.load("hooked-1", store, signer)
+    return await ChainTracker.load("hooked-1", LocalStore(store), signer)
 
 
 # ---------------------------------------------------------------- parsing

@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.lowlevel
 
+from kms.chain.local import LocalStore
 from kms.chain.state import BlockRef, Refusal, SignState, check
 from kms.chain.store import StateFile
 from kms.chain.tracker import (
@@ -30,6 +31,7 @@ from kms.chain.tracker import (
 from kms.chain.writer import StateWriter
 from kms.errors import DoubleSignError, SignerError, SigningRefused, StateError
 from providers.softsign import Ed25519SoftSigner
+from tests.support.durable import ShimFile
 
 REPO = Path(__file__).resolve().parent.parent
 SEED = bytes(range(32))
@@ -79,7 +81,9 @@ class FailingSigner(CountingSigner):
         raise SignerError("device unplugged")
 
 
-class CountingStore(StateFile):
+class CountingStore(ShimFile):
+    """A real state file whose saves are counted, and can stall or fail."""
+
     def __init__(self, path: Path, fail: bool = False, delay: float = 0.0) -> None:
         super().__init__(path)
         self.saves: list[SignState] = []
@@ -100,11 +104,15 @@ def verify(signer: Ed25519SoftSigner, message: bytes, signature: bytes) -> None:
 
 
 async def make(
-    tmp_path: Path, signer: CountingSigner | None = None, **kwargs: object
+    tmp_path: Path,
+    signer: CountingSigner | None = None,
+    writer: StateWriter | None = None,
+    **kwargs: object,
 ) -> tuple[ChainTracker, CountingStore, CountingSigner]:
     store = CountingStore(tmp_path / "state.json")
     signer = signer or CountingSigner()
-    tracker = await ChainTracker.load(CHAIN, store, signer, **kwargs)  # type: ignore[arg-type]
+    local = LocalStore(store, writer, label=CHAIN)
+    tracker = await ChainTracker.load(CHAIN, local, signer, **kwargs)  # type: ignore[arg-type]
     return tracker, store, signer
 
 
@@ -136,7 +144,7 @@ async def test_state_is_on_disk_before_every_signature(tmp_path: Path) -> None:
 
 
 async def test_state_before_open_is_an_error(tmp_path: Path) -> None:
-    tracker = ChainTracker(CHAIN, StateFile(tmp_path / "s.json"), CountingSigner())
+    tracker = ChainTracker(CHAIN, LocalStore(StateFile(tmp_path / "s.json")), CountingSigner())
     with pytest.raises(StateError, match=CHAIN):
         _ = tracker.state
     with pytest.raises(StateError):
@@ -148,7 +156,7 @@ async def test_load_refuses_a_corrupt_file(tmp_path: Path) -> None:
         path = tmp_path / "s.json"
         path.write_text('{"height":"5"')
         with pytest.raises(StateError, match=r"s\.json"):
-            await ChainTracker.load(CHAIN, StateFile(path), CountingSigner())
+            await ChainTracker.load(CHAIN, LocalStore(StateFile(path)), CountingSigner())
 
 
 def test_sign_request_kind_and_step_must_agree() -> None:
@@ -297,7 +305,7 @@ async def test_restart_forgets_the_cache_but_not_the_state(tmp_path: Path) -> No
         tracker, store, _ = await make(tmp_path)
         await tracker.sign(request(20, 1, 2, A))
         signer = CountingSigner()
-        restarted = await ChainTracker.load(CHAIN, StateFile(store.path), signer)
+        restarted = await ChainTracker.load(CHAIN, LocalStore(StateFile(store.path)), signer)
         assert restarted.state == SignState(20, 1, 2, A)
         with pytest.raises(DoubleSignRefused):
             await restarted.sign(request(20, 1, 2, B))
@@ -365,7 +373,9 @@ async def test_cancelled_during_save_still_completes_the_save(tmp_path: Path) ->
         store = CountingStore(tmp_path / "state.json")
         signer = CountingSigner()
         # a thread write: an inline one finishes before any cancellation can be delivered
-        tracker = await ChainTracker.load(CHAIN, store, signer, writer=StateWriter(inline=False))
+        tracker = await ChainTracker.load(
+            CHAIN, LocalStore(store, StateWriter(inline=False)), signer
+        )
         store.delay = 0.2
         with trio.move_on_after(0.02) as scope:
             await tracker.sign(request(5, 0, 1, A))
@@ -506,13 +516,14 @@ import sys, trio, nacl.signing
 from pathlib import Path
 from typing import Literal
 from kms.chain.state import BlockRef
+from kms.chain.local import LocalStore
 from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker, SignRequest
 from providers.softsign import Ed25519SoftSigner
 
 async def main() -> None:
     signer = Ed25519SoftSigner(nacl.signing.SigningKey(bytes(32)))
-    tracker = await ChainTracker.load("c", StateFile(Path(sys.argv[1])), signer)
+    tracker = await ChainTracker.load("c", LocalStore(StateFile(Path(sys.argv[1]))), signer)
     height = tracker.state.height
     while True:
         height += 1

@@ -17,11 +17,14 @@ import trio.testing
 
 from kms.chain import store as store_module
 from kms.chain import writer as writer_module
+from kms.chain.durable import DurableFile
+from kms.chain.local import LocalStore
 from kms.chain.state import BlockRef, SignState
 from kms.chain.stateformat import parse_state
 from kms.chain.store import StateFile
 from kms.chain.writer import StateWriter
 from kms.errors import StateError
+from tests.support.durable import ShimFile
 
 
 def _on_loop_thread(main: int) -> bool:
@@ -214,9 +217,9 @@ def _files(tmp_path: Path, names: list[str], folder: str = "a") -> list[StateFil
 
 
 async def _save(
-    writer: StateWriter, store: StateFile, state: SignState, disk: Disk | None = None
+    writer: StateWriter, store: DurableFile, state: SignState, disk: Disk | None = None
 ) -> None:
-    await writer.save(store, state, key=store.path.stem)
+    await LocalStore(store, writer).save(state)
     if disk is not None:
         disk.events.append(("resumed", store.path.stem))
 
@@ -402,10 +405,10 @@ async def test_cancelled_callers_come_back_only_once_their_save_is_durable(
     assert disk.batches == [["blocker"], ["plain", "shielded"]]
 
 
-async def test_a_store_overriding_save_is_not_batched(tmp_path: Path) -> None:
+async def test_a_file_without_group_commit_is_not_batched(tmp_path: Path) -> None:
     calls: list[SignState] = []
 
-    class Recording(StateFile):
+    class Recording(ShimFile):
         def save(self, state: SignState) -> None:
             calls.append(state)
             super().save(state)

@@ -21,12 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from kms.chain.local import LocalStore
 from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker
 from kms.errors import ProtocolError
 from kms.handler import RequestHandler
 from kms.protocol.codec import decode_request, encode_request
-from kms.protocol.framing import FrameDecoder
+from kms.protocol.delimited import FrameDecoder
 from kms.protocol.messages import (
     BlockId,
     PartSetHeader,
@@ -175,7 +176,7 @@ async def answer_all(requests: list[Request], folder: Path) -> list[Response]:
     """A real handler (real tracker, state file, key) answers each request in turn."""
     signer = Ed25519SoftSigner(SigningKey(bytes(range(32))))
     store = StateFile(folder / "state.json")
-    tracker = await ChainTracker.load(CHAIN, store, signer)
+    tracker = await ChainTracker.load(CHAIN, LocalStore(store), signer)
     handler = RequestHandler(
         chain_id=CHAIN,
         version=ProtocolVersion.V0_38,
@@ -184,7 +185,7 @@ async def answer_all(requests: list[Request], folder: Path) -> list[Response]:
         sign_extensions=True,
         peer="hostile",
     )
-    return [await handler.handle(request) for request in requests]
+    return [(await handler.answer(request)).response for request in requests]
 
 
 def handle_hostile(requests: list[Request]) -> None:

@@ -22,7 +22,7 @@ from faultkit import KmsHome, Ledger, ask, block, log_book, start_kms
 from nacl.signing import SigningKey
 
 from kms.protocol.codec import decode_response, encode_request
-from kms.protocol.framing import MAX_MESSAGE_SIZE, FrameDecoder, frame
+from kms.protocol.delimited import MAX_MESSAGE_SIZE, FrameDecoder, frame
 from kms.protocol.messages import (
     BlockId,
     PingRequest,

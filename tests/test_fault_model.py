@@ -31,12 +31,14 @@ from hypothesis.stateful import (
 )
 from nacl.signing import SigningKey
 
+from kms.chain.local import LocalStore
 from kms.chain.state import BlockRef, SignState
 from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker, Signed, SignRequest
 from kms.chain.writer import StateWriter
 from kms.errors import DoubleSignError, SignerError, SigningRefused, StateError
 from providers.softsign import Ed25519SoftSigner
+from tests.support.durable import ShimFile
 
 BLOCKS = {
     "A": BlockRef(b"\xaa" * 32, 1, b"\x0a" * 32),
@@ -66,7 +68,7 @@ class WasCancelled(Exception):
     """The request was cancelled (by its own cancel scope) before it returned."""
 
 
-class FaultyStore(StateFile):
+class FaultyStore(ShimFile):
     """A real state file whose next save can fail, or cancel the request saving it."""
 
     fail_next = False
@@ -140,10 +142,8 @@ class TrackerModel(RuleBasedStateMachine):
         self.tracker = trio.run(self._load)
 
     async def _load(self) -> ChainTracker:
-        writer = StateWriter(inline=self.inline)
-        return await ChainTracker.load(
-            "model-1", self.store, self.signer, max_height=self.max_height, writer=writer
-        )
+        store = LocalStore(self.store, StateWriter(inline=self.inline))
+        return await ChainTracker.load("model-1", store, self.signer, max_height=self.max_height)
 
     def _request(self, kind: str, height: int, round_: int, name: str, ts: int) -> SignRequest:
         step = {"proposal": 0, "prevote": 1, "precommit": 2}[kind]

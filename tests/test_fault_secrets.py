@@ -29,7 +29,7 @@ from kmsproc import priv_validator_key_json
 from nacl.bindings import crypto_scalarmult
 from nacl.signing import SigningKey
 
-from kms.protocol.framing import frame
+from kms.protocol.delimited import frame
 from kms.protocol.messages import BlockId, SignVoteRequest, Timestamp, Vote
 from kms.protocol.version import ProtocolVersion
 from kms.testing.node import SignerClient, SimulatedNode

@@ -23,6 +23,7 @@ from nacl.signing import SigningKey
 from prometheus_client.parser import text_string_to_metric_families
 
 import kms.ops
+from kms.chain.local import LocalStore
 from kms.chain.state import Refusal, SignState
 from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker, DoubleSignRefused, MaxHeightRefused
@@ -32,10 +33,7 @@ from kms.lock import StateLockedError, lock_state_files, state_lock_holder
 from kms.ops import (
     KmsMetrics,
     ValidatorMetrics,
-    current_metrics,
-    provider_metrics,
     server,
-    use_metrics,
 )
 from kms.ops.exposition import build_registry, render
 from kms.ops.health import readiness
@@ -45,6 +43,7 @@ from kms.protocol.messages import SignedMsgType, SignVoteRequest
 from kms.protocol.version import ProtocolVersion
 from kms.sdnotify import ReadyNotifier, notify, notify_socket_address, watchdog_interval
 from kms.testing.consensus import make_vote, random_block_id
+from providers import ProviderHealth
 from providers.softsign import Ed25519SoftSigner
 
 # -- counters ------------------------------------------------------------------------------
@@ -99,29 +98,25 @@ def test_connection_lifecycle() -> None:
     assert v.last_error == "validator closed the connection"
 
 
-def test_provider_hook_reaches_the_current_metrics() -> None:
-    previous = current_metrics()
-    try:
-        metrics = use_metrics(KmsMetrics())
-        hsm = provider_metrics("yubihsm")
-        assert hsm is metrics.providers["yubihsm"] is provider_metrics("yubihsm")
-        hsm.session_reopened()
-        kept = {"session_reopens": 0}  # a provider's own counter, read at scrape time
-        hsm.count_session_reopens_from(lambda: kept["session_reopens"])
-        kept["session_reopens"] = 1
-        hsm.set_reachable(False, "USB device disconnected")
-        body = readiness(metrics)
-        assert body["ready"] is False
-        assert body["providers"] == [
-            {"name": "yubihsm", "reachable": False, "last_error": "USB device disconnected"}
-        ]
-        text = render(build_registry(metrics, process=False)).decode()
-        assert 'tmkms_provider_session_reopens_total{provider="yubihsm"} 2.0' in text
-        assert 'tmkms_provider_reachable{provider="yubihsm"} 0.0' in text
-        hsm.set_reachable(True)
-        assert readiness(metrics)["ready"] is True
-    finally:
-        use_metrics(previous)
+def test_a_providers_health_reports_reach_the_metrics() -> None:
+    metrics = KmsMetrics()
+    hsm: ProviderHealth = metrics.provider("yubihsm")  # what the keyring hands a provider
+    assert hsm is metrics.providers["yubihsm"] is metrics.provider("yubihsm")
+    metrics.providers["yubihsm"].session_reopened()
+    kept = {"session_reopens": 0}  # a provider's own counter, read at scrape time
+    hsm.count_session_reopens_from(lambda: kept["session_reopens"])
+    kept["session_reopens"] = 1
+    hsm.set_reachable(False, "USB device disconnected")
+    body = readiness(metrics)
+    assert body["ready"] is False
+    assert body["providers"] == [
+        {"name": "yubihsm", "reachable": False, "last_error": "USB device disconnected"}
+    ]
+    text = render(build_registry(metrics, process=False)).decode()
+    assert 'tmkms_provider_session_reopens_total{provider="yubihsm"} 2.0' in text
+    assert 'tmkms_provider_reachable{provider="yubihsm"} 0.0' in text
+    hsm.set_reachable(True)
+    assert readiness(metrics)["ready"] is True
 
 
 # -- the handler and the exposition, in-process ----------------------------------------------
@@ -141,7 +136,7 @@ async def test_handler_counts_signer_and_state_failures(tmp_path: Path) -> None:
     metrics = KmsMetrics()
     signer = BrokenSigner(SigningKey.generate())
     (tmp_path / "state").mkdir()
-    tracker = ChainTracker("c-1", StateFile(tmp_path / "state" / "s.json"), signer)
+    tracker = ChainTracker("c-1", LocalStore(StateFile(tmp_path / "state" / "s.json")), signer)
     await tracker.open()
     metrics.add_chain(tracker)
     handler = RequestHandler(
@@ -157,8 +152,9 @@ async def test_handler_counts_signer_and_state_failures(tmp_path: Path) -> None:
 
     async def ask(height: int) -> bool:
         vote = make_vote(SignedMsgType.PREVOTE, height, 0, random_block_id(rng))
-        reply = await handler.handle(SignVoteRequest(vote=vote, chain_id="c-1"))
-        return reply.error is None  # type: ignore[union-attr]
+        answer = await handler.answer(SignVoteRequest(vote=vote, chain_id="c-1"))
+        handler.report(answer)
+        return answer.response.error is None  # type: ignore[union-attr]
 
     assert not await ask(1)
     assert readiness(metrics)["providers"] == [

@@ -9,7 +9,7 @@ from conftest import load_vectors, vector_checked
 from nacl.signing import SigningKey, VerifyKey
 
 from kms.protocol.codec import decode_request, decode_response, encode_request, encode_response
-from kms.protocol.framing import FrameDecoder, frame
+from kms.protocol.delimited import FrameDecoder, frame
 from kms.protocol.messages import (
     BlockId,
     PartSetHeader,

@@ -8,7 +8,7 @@ import nacl.signing
 import pytest
 
 from kms.errors import ConfigError
-from providers import Registry, Signer
+from providers import OpenedProvider, ProviderKey, Registry, Signer
 from providers.softsign import Ed25519SoftSigner, Secp256k1SoftSigner
 
 
@@ -77,9 +77,8 @@ def test_close_runs_every_closer_last_first_despite_failures(
         calls.append("failing")
         raise OSError("device gone")
 
-    registry.on_close(lambda: calls.append("first"))
-    registry.on_close(failing)
-    registry.on_close(lambda: calls.append("last"))
+    for closer in (lambda: calls.append("first"), failing, lambda: calls.append("last")):
+        registry.add_provider(OpenedProvider("hsm", close=closer))
     registry.close()
     assert calls == ["last", "failing", "first"]
     assert any("device gone" in m for m in caplog.messages)
@@ -94,6 +93,24 @@ def test_background_tasks_are_kept_in_order() -> None:
 
     async def second() -> None: ...
 
-    registry.add_task(first)
-    registry.add_task(second)
+    registry.add_provider(OpenedProvider("a", tasks=[first]))
+    registry.add_provider(OpenedProvider("b", tasks=[second]))
     assert registry.tasks() == [first, second]
+
+
+def test_a_provider_registers_each_key_for_each_chain() -> None:
+    consensus, account = ed(b"c"), Secp256k1SoftSigner(hashlib.sha256(b"acct").digest())
+    registry = Registry()
+    registry.add_provider(
+        OpenedProvider(
+            "hsm",
+            keys=[
+                ProviderKey(consensus, ("a-1", "b-1")),
+                ProviderKey(account, ("a-1",), kind="account"),
+            ],
+        )
+    )
+    assert registry.consensus("a-1") is consensus is registry.consensus("b-1")
+    assert registry.account("a-1") is account
+    assert registry.account("b-1") is None
+    assert registry.chains() == ["a-1", "b-1"]

@@ -11,6 +11,7 @@ import pytest
 import trio
 from nacl.signing import SigningKey, VerifyKey
 
+from kms.chain.local import LocalStore
 from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker
 from kms.handler import RequestHandler
@@ -41,7 +42,7 @@ async def connected(
     """A KMS session dialled into a simulated node; yields the node's client and the key."""
     key = SigningKey.generate()
     signer = Ed25519SoftSigner(key)
-    tracker = ChainTracker(CHAIN, StateFile(tmp_path / "state.json"), signer)
+    tracker = ChainTracker(CHAIN, LocalStore(StateFile(tmp_path / "state.json")), signer)
     await tracker.open()
     async with simulated_node(CHAIN, laddr, version) as node:
         assert node.address is not None
@@ -165,7 +166,7 @@ async def test_the_signed_line_waits_for_report(
 ) -> None:
     """answer() signs without logging; report() logs once: the session sends in between."""
     signer = Ed25519SoftSigner(SigningKey.generate())
-    tracker = ChainTracker(CHAIN, StateFile(tmp_path / "state.json"), signer)
+    tracker = ChainTracker(CHAIN, LocalStore(StateFile(tmp_path / "state.json")), signer)
     await tracker.open()
     handler = RequestHandler(
         chain_id=CHAIN,
@@ -181,12 +182,15 @@ async def test_the_signed_line_waits_for_report(
         return [r.getMessage() for r in caplog.records if " signed " in r.getMessage()]
 
     caplog.set_level("INFO")
-    reply = await handler.answer(SignVoteRequest(vote=vote, chain_id=CHAIN))
+    answer = await handler.answer(SignVoteRequest(vote=vote, chain_id=CHAIN))
+    reply = answer.response
     assert isinstance(reply, SignedVoteResponse) and reply.error is None
     assert signed_lines() == []
     assert handler.metrics.last_signed is None
-    handler.report()
+    handler.report(answer)
     assert len(signed_lines()) == 1 and "at h/r/s 7/0/1" in signed_lines()[0]
     assert handler.metrics.last_signed == (7, 0, 1)
-    handler.report()
+    refused = await handler.answer(SignVoteRequest(vote=vote, chain_id="other-chain"))
+    assert refused.signed is None
+    handler.report(refused)  # nothing signed: nothing logged
     assert len(signed_lines()) == 1

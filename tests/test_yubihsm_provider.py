@@ -41,8 +41,9 @@ from kms.config import (
     config_from_dict,
 )
 from kms.errors import KeyFileError, SignerError
+from kms.keyring import build_registry
 from kms.keys import format_public_key
-from kms.ops import KmsMetrics, current_metrics, use_metrics
+from kms.ops import KmsMetrics
 from kms.service import Service
 from kms.testing.yubihsm import (
     ConnectorServer,
@@ -51,14 +52,12 @@ from kms.testing.yubihsm import (
     YubiHsmDevice,
     fake_usb_devices,
 )
-from providers import Registry
 from providers.softsign import SECP256K1_ORDER, Ed25519SoftSigner, low_s_signature
 from providers.yubihsm import (
     HsmConnection,
     HsmDevice,
     YubiHsmEd25519Signer,
     YubiHsmSecp256k1Signer,
-    add_yubihsm_signers,
     load_signers,
 )
 from providers.yubihsm.signers import account_public_key, read_public_key
@@ -464,9 +463,8 @@ def test_startup_registers_keys_and_logs_them(
     ]
     config = config_from_dict(yubihsm_config(rig, keys), Path("tmkms.toml"), Path.cwd())
     assert config.yubihsm is not None
-    registry = Registry()
     with caplog.at_level(logging.INFO):
-        add_yubihsm_signers(registry, config.yubihsm, config)
+        registry = build_registry(config)
     consensus = registry.consensus("hsm-1")
     account = registry.account("hsm-1")
     assert consensus.provider == "yubihsm" and consensus.public_key == rig.public[ED_KEY]
@@ -484,24 +482,18 @@ async def test_startup_hands_its_counters_to_the_metrics_hook(served_rig: Rig) -
     doc = yubihsm_config(rig, [{"chain_ids": ["hsm-1"], "key": ED_KEY}])
     config = config_from_dict(doc, Path("tmkms.toml"), Path.cwd())
     assert config.yubihsm is not None
-    previous = current_metrics()
     metrics = KmsMetrics()
-    use_metrics(metrics)
-    try:
-        registry = Registry()
-        add_yubihsm_signers(registry, config.yubihsm, config)
-        signer = registry.consensus("hsm-1")
-        await signer.sign(b"first")
-        rig.clock.advance(31)
-        await signer.sign(b"after expiry")
-        hook = metrics.providers["yubihsm"]
-        assert hook.session_reopens == 1 and hook.reachable
-        rig.down()
-        with pytest.raises(SignerError):
-            await signer.sign(b"down")
-        assert not hook.reachable and hook.last_error and "YubiHSM" in hook.last_error
-    finally:
-        use_metrics(previous)
+    registry = build_registry(config, metrics)
+    signer = registry.consensus("hsm-1")
+    await signer.sign(b"first")
+    rig.clock.advance(31)
+    await signer.sign(b"after expiry")
+    hook = metrics.providers["yubihsm"]
+    assert hook.session_reopens == 1 and hook.reachable
+    rig.down()
+    with pytest.raises(SignerError):
+        await signer.sign(b"down")
+    assert not hook.reachable and hook.last_error and "YubiHSM" in hook.last_error
 
 
 def test_startup_refuses_a_key_of_the_wrong_type(served_rig: Rig) -> None:
@@ -514,7 +506,7 @@ def test_startup_refuses_a_key_of_the_wrong_type(served_rig: Rig) -> None:
         config = config_from_dict(doc, Path("tmkms.toml"), Path.cwd())
         assert config.yubihsm is not None
         with pytest.raises(KeyFileError, match=expected):
-            add_yubihsm_signers(Registry(), config.yubihsm, config)
+            build_registry(config)
 
 
 def test_startup_fails_clearly_when_the_hsm_is_unreachable_or_the_password_wrong(
@@ -526,12 +518,12 @@ def test_startup_fails_clearly_when_the_hsm_is_unreachable_or_the_password_wrong
     config = config_from_dict(wrong, Path("tmkms.toml"), Path.cwd())
     assert config.yubihsm is not None
     with pytest.raises(SignerError, match=r"error connecting to YubiHSM2: .*key 0x0004 failed"):
-        add_yubihsm_signers(Registry(), config.yubihsm, config)
+        build_registry(config)
     rig.down()
     config = config_from_dict(yubihsm_config(rig, keys), Path("tmkms.toml"), Path.cwd())
     assert config.yubihsm is not None
     with pytest.raises(SignerError, match="error connecting to YubiHSM2"):
-        add_yubihsm_signers(Registry(), config.yubihsm, config)
+        build_registry(config)
 
 
 def test_configured_serial_number_must_match() -> None:
@@ -595,14 +587,10 @@ async def test_the_service_closes_its_hsm_session_when_it_stops(
     rig = served_rig
     doc = yubihsm_config(rig, [{"chain_ids": ["hsm-1"], "key": ED_KEY}])
     config = config_from_dict(doc, tmp_path / "tmkms.toml", tmp_path)
-    previous = current_metrics()
-    try:
-        service = await Service.open(config)
-        assert len(rig.device.state.sessions) == 1
-        assert len(service.registry.tasks()) == 1  # the session keepalive
-        with trio.fail_after(5):
-            await service.serve()  # no validators: done at once, the keepalive stopped too
-        await service.aclose()
-        assert len(rig.device.state.sessions) == 0
-    finally:
-        use_metrics(previous)
+    service = await Service.open(config)
+    assert len(rig.device.state.sessions) == 1
+    assert len(service.registry.tasks()) == 1  # the session keepalive
+    with trio.fail_after(5):
+        await service.serve()  # no validators: done at once, the keepalive stopped too
+    await service.aclose()
+    assert len(rig.device.state.sessions) == 0

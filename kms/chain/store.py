@@ -30,30 +30,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
-import attrs
-
+from kms.chain.durable import GroupCommitFile, TempFile
 from kms.chain.exchange import rename_exchange
 from kms.chain.state import SignState
 from kms.chain.stateformat import format_state, parse_state
 from kms.errors import StateError
 
-__all__ = ["StateFile", "TempFile", "save_all"]
+__all__ = ["StateFile", "save_all"]
 
 _FILE_MODE = 0o600
 _TEMP_COUNTER = itertools.count()
-
-
-@attrs.define
-class TempFile:
-    """A temp file written by :meth:`StateFile.write_temp`; ``fd`` is None once synced.
-
-    ``spare`` tells the state file's spare from a one-off temp file (used while the spare
-    is taken by another save of the same file, as in a group commit).
-    """
-
-    path: str
-    fd: int | None
-    spare: bool = False
 
 
 class StateFile:
@@ -235,14 +221,15 @@ class StateFile:
             finally:
                 os.close(dir_fd)
         except OSError as exc:
-            raise self._folder_error(exc) from exc
+            raise self.folder_error(exc) from exc
 
     @property
     def folder(self) -> str:
         """The folder holding the state file, as an absolute path (one fsync per folder)."""
         return self._folder
 
-    def _folder_error(self, exc: BaseException) -> StateError:
+    def folder_error(self, exc: BaseException) -> StateError:
+        """The StateError of a failed folder fsync, naming this state file."""
         return StateError(f"error syncing the folder of state file {self._path}: {exc}")
 
     def _write_error(self, exc: BaseException) -> StateError:
@@ -252,7 +239,7 @@ class StateFile:
         return f"StateFile({str(self._path)!r})"
 
 
-def save_all(saves: Sequence[tuple[StateFile, SignState]]) -> list[StateError | None]:
+def save_all(saves: Sequence[tuple[GroupCommitFile, SignState]]) -> list[StateError | None]:
     """Durably save several state files at once (a group commit); one outcome per item.
 
     Each item gets exactly the guarantee of :meth:`StateFile.save`: its temp file is fsync'd
@@ -294,14 +281,14 @@ def save_all(saves: Sequence[tuple[StateFile, SignState]]) -> list[StateError | 
         except StateError as exc:
             cause = exc.__cause__ if exc.__cause__ is not None else exc
             for index in members:
-                error = saves[index][0]._folder_error(cause)
+                error = saves[index][0].folder_error(cause)
                 error.__cause__ = cause
                 outcomes[index] = error
     return outcomes
 
 
 def _sync_temps(
-    saves: Sequence[tuple[StateFile, SignState]],
+    saves: Sequence[tuple[GroupCommitFile, SignState]],
     temps: list[TempFile | None],
     outcomes: list[StateError | None],
 ) -> None:

@@ -2,9 +2,9 @@
 
 Every validator connection of a chain shares one ChainTracker. ``sign`` takes the chain's
 trio.Lock, asks the pure rule (``kms.chain.state.check``) whether the request may be
-signed, makes the new state durable on disk (in a worker thread, shielded from
-cancellation so a cancelled request can never leave memory and disk disagreeing), and only
-then asks the key to sign. The ordering is the whole point:
+signed, makes the new state durable through its :class:`kms.chain.durable.StateStore`
+(shielded from cancellation so a cancelled request can never leave memory and the store
+disagreeing), and only then asks the key to sign. The ordering is the whole point:
 
 * the signature is produced after the state covering it is on disk, so a crash or SIGKILL
   at any instant leaves a state file at or beyond every signature that left the process;
@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import attrs
 import trio
 
+from kms.chain.durable import StateStore
 from kms.chain.state import (
     STEP_PRECOMMIT,
     STEP_PREVOTE,
@@ -37,19 +38,15 @@ from kms.chain.state import (
     check,
     describe_refusal,
 )
-from kms.chain.store import StateFile
-from kms.chain.writer import StateWriter
 from kms.errors import DoubleSignError, SigningRefused, StateError
 from providers import Signer
-
-if TYPE_CHECKING:
-    from kms.ops.stats import ValidatorMetrics
 
 __all__ = [
     "ChainTracker",
     "DoubleSignRefused",
     "InvalidSignRequest",
     "MaxHeightRefused",
+    "SignObserver",
     "SignRequest",
     "Signed",
 ]
@@ -111,6 +108,7 @@ class DoubleSignRefused(DoubleSignError):
     def __init__(self, description: str, refusal: Refusal, detail: str) -> None:
         super().__init__(description)
         self.refusal = refusal
+        self.reason = refusal.name.lower()
         self.detail = detail
 
 
@@ -118,53 +116,44 @@ class MaxHeightRefused(SigningRefused):
     """The request is above the validator's configured ``max_height``."""
 
     refusal = Refusal.MAX_HEIGHT
+    reason = "max_height"
+
+
+class SignObserver(Protocol):
+    """Hears where each signature's time went (kms.ops.stats.ValidatorMetrics is one)."""
+
+    def observe_sign(self, queue: float, state_write: float, signer: float) -> None:
+        """Seconds waiting for the chain's lock, making the state durable, and signing."""
+        ...
 
 
 class ChainTracker:
     """The last signed state of one chain, and the only way to sign for it."""
 
     def __init__(
-        self,
-        chain_id: str,
-        store: StateFile,
-        signer: Signer,
-        *,
-        max_height: int | None = None,
-        writer: StateWriter | None = None,
+        self, chain_id: str, store: StateStore, signer: Signer, *, max_height: int | None = None
     ) -> None:
         self._chain_id = chain_id
         self._store = store
         self._signer = signer
         self._max_height = max_height
-        self._writer = writer if writer is not None else StateWriter()
         self._lock = trio.Lock()
         self._state: SignState | None = None
         self._last_vote: tuple[SignState, Signed] | None = None
 
     @classmethod
     async def load(
-        cls,
-        chain_id: str,
-        store: StateFile,
-        signer: Signer,
-        *,
-        max_height: int | None = None,
-        writer: StateWriter | None = None,
+        cls, chain_id: str, store: StateStore, signer: Signer, *, max_height: int | None = None
     ) -> ChainTracker:
-        """Build a tracker and read its state file; StateError if the file is unusable."""
-        tracker = cls(chain_id, store, signer, max_height=max_height, writer=writer)
+        """Build a tracker and read its state; StateError if the store is unusable."""
+        tracker = cls(chain_id, store, signer, max_height=max_height)
         await tracker.open()
         return tracker
 
     async def open(self) -> None:
-        """Read (or create at height 0) the state file, in a worker thread."""
+        """Read (or create at height 0) the chain's state from its store."""
         async with self._lock:
-            for name in await trio.to_thread.run_sync(self._store.remove_stale_temps):
-                log.warning(
-                    "[%s] removed %s, left by an interrupted state write", self._chain_id, name
-                )
-            state = await trio.to_thread.run_sync(self._store.load)
-            self._state = state
+            self._state = await self._store.load()
             self._last_vote = None
 
     @property
@@ -183,6 +172,16 @@ class ChainTracker:
         return self._max_height
 
     @property
+    def store(self) -> StateStore:
+        """Where the chain's state is kept durably."""
+        return self._store
+
+    @property
+    def hrs(self) -> tuple[int, int, int]:
+        """Height, round and step of :attr:`state` (what the metrics show)."""
+        return self.state.hrs
+
+    @property
     def state(self) -> SignState:
         """The last signed (or hook-raised) state; StateError before ``open``."""
         if self._state is None:
@@ -190,7 +189,7 @@ class ChainTracker:
         return self._state
 
     async def sign(
-        self, req: SignRequest, *, peer: str | None = None, metrics: ValidatorMetrics | None = None
+        self, req: SignRequest, *, peer: str | None = None, observer: SignObserver | None = None
     ) -> Signed:
         """Check, persist, then sign ``req``.
 
@@ -198,8 +197,9 @@ class ChainTracker:
         SigningRefused) when the request must not be signed, StateError when the new state
         cannot be made durable (nothing signed, old state kept), and the signer's
         SignerError when signing fails after the state was saved. ``peer`` only labels the
-        log lines (``[chain@peer]``); ``metrics``, if given, gets the time spent waiting
-        for the lock, writing the state and signing.
+        log lines (``[chain@peer]``); ``observer``, if given, hears the time spent waiting
+        for the lock, making the state durable and signing. The store may refuse too (a
+        shared watermark already past this step): its SigningRefused passes through.
         """
         new = req.state
         queued = time.perf_counter()
@@ -220,9 +220,9 @@ class ChainTracker:
                     return cached
             written = time.perf_counter()
             signature = await self._signer.sign(req.sign_bytes)
-            if metrics is not None:
+            if observer is not None:
                 done = time.perf_counter()
-                metrics.observe_sign(locked - queued, written - locked, done - written)
+                observer.observe_sign(locked - queued, written - locked, done - written)
             signed = Signed(signature, req.timestamp)
             self._last_vote = (new, signed) if req.kind == "vote" else None
             return signed
@@ -245,7 +245,7 @@ class ChainTracker:
     async def _persist(self, new: SignState) -> None:
         """Save ``new`` durably, then adopt it; shielded so cancellation cannot split them."""
         with trio.CancelScope(shield=True):
-            await self._writer.save(self._store, new, key=self._chain_id)
+            await self._store.save(new)
             # no checkpoint between the save returning and memory following the disk
             self._state = new
 

@@ -41,8 +41,9 @@ from typing import TypeVar, cast
 import attrs
 import trio
 
+from kms.chain.durable import DurableFile, GroupCommitFile
 from kms.chain.state import SignState
-from kms.chain.store import StateFile, save_all
+from kms.chain.store import save_all
 from kms.errors import StateError
 
 T = TypeVar("T")
@@ -54,17 +55,12 @@ SLOW_WRITE = 0.050
 BUSY_WINDOW = 0.005  # seconds; another chain's write this recent means chains are concurrent
 COOL_DOWN = 30.0  # seconds of threaded writes after a stall
 
-# The one function whose calls may be batched. A subclass overriding ``save`` (a test's
-# fault injection, say) or a patched class attribute is not this function: such writes run
-# as they are, one by one.
-_SAVE = StateFile.save
-
 
 @attrs.define(eq=False)
 class _Queued:
     """One save waiting for (or in) a batch."""
 
-    store: StateFile
+    store: GroupCommitFile
     state: SignState
     taken: bool = False  # in a batch being written
     done: trio.Event = attrs.field(factory=trio.Event)
@@ -118,20 +114,23 @@ class StateWriter:
         """Run ``write`` (for chain ``key``) to completion, inline or in a thread."""
         return await self._run(write, key, None)
 
-    async def save(self, store: StateFile, state: SignState, *, key: str) -> None:
-        """Durably save ``state`` to ``store`` (for chain ``key``): inline, or group-committed.
+    async def save(self, file: DurableFile, state: SignState, *, key: str) -> None:
+        """Durably save ``state`` to ``file`` (for chain ``key``): inline, or in a thread.
 
-        Raises the StateError of :meth:`StateFile.save` when this save failed (another
-        chain's failure in the same batch is not this caller's).
+        Raises the file's StateError when the save failed.
         """
-        # Only the real StateFile.save can be split into batch phases; a store whose save
-        # is overridden or patched (a test's fault injection, say) saves one by one.
-        batchable = type(store).save is _SAVE
-        saving = (store, state) if batchable else None
-        await self._run(functools.partial(store.save, state), key, saving)
+        await self._run(functools.partial(file.save, state), key, None)
+
+    async def commit(self, file: GroupCommitFile, state: SignState, *, key: str) -> None:
+        """:meth:`save`, but a threaded save joins the group commit of other files' saves.
+
+        Raises the StateError of this file's save when it failed (another file's failure
+        in the same batch is not this caller's).
+        """
+        await self._run(functools.partial(file.save, state), key, (file, state))
 
     async def _run(
-        self, write: Callable[[], T], key: str, saving: tuple[StateFile, SignState] | None
+        self, write: Callable[[], T], key: str, saving: tuple[GroupCommitFile, SignState] | None
     ) -> T:
         started = self._clock()
         inline = self._may_block(key, started)

@@ -1,7 +1,7 @@
 """Operations: metrics, health and readiness of a running KMS.
 
 * :mod:`kms.ops.stats` -- the counters the sign path and the connections bump (no
-  dependencies; cheap), and the provider hook :func:`provider_metrics`;
+  dependencies, nothing of the sign path; cheap);
 * :mod:`kms.ops.exposition` -- those counters in the Prometheus text format, through
   ``prometheus-client`` (the ``metrics`` extra);
 * :mod:`kms.ops.health` -- the JSON bodies of ``/healthz`` and ``/readyz``;
@@ -14,20 +14,6 @@ Importing this package loads only :mod:`kms.ops.stats`.
 
 from __future__ import annotations
 
-from kms.ops.stats import (
-    KmsMetrics,
-    ProviderMetrics,
-    ValidatorMetrics,
-    current_metrics,
-    provider_metrics,
-    use_metrics,
-)
+from kms.ops.stats import KmsMetrics, ProviderMetrics, ValidatorMetrics
 
-__all__ = [
-    "KmsMetrics",
-    "ProviderMetrics",
-    "ValidatorMetrics",
-    "current_metrics",
-    "provider_metrics",
-    "use_metrics",
-]
+__all__ = ["KmsMetrics", "ProviderMetrics", "ValidatorMetrics"]

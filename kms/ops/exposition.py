@@ -146,8 +146,8 @@ class KmsCollector:
             )
             for field in ("height", "round", "step")
         ]
-        for chain_id, tracker in self._metrics.chains.items():
-            for gauge, value in zip(gauges, tracker.state.hrs, strict=True):
+        for chain_id, chain in self._metrics.chains.items():
+            for gauge, value in zip(gauges, chain.hrs, strict=True):
                 gauge.add_metric([chain_id], value)
         yield from gauges
 

@@ -14,14 +14,18 @@ Objects, one per thing labelled in the exposition:
   errors, HSM session re-opens, whether the signer is reachable;
 * :class:`KmsMetrics` -- the registry of both, plus each chain's tracker state.
 
-Provider hook: a provider fetches its object once, when it is built, with
-``kms.ops.provider_metrics("yubihsm")`` and then either calls ``session_reopened()`` whenever
-it has to open a new HSM session, or hands over a counter it already keeps with
+A provider is handed its :class:`ProviderMetrics` (as a :class:`providers.ProviderHealth`)
+when :func:`kms.keyring.build_registry` opens it, and either calls ``session_reopened()``
+whenever it has to open a new HSM session, or hands over a counter it already keeps with
 ``count_session_reopens_from(lambda: stats.session_reopens)`` (read at scrape time, from a
 worker thread); and ``set_reachable(False, "why")`` / ``set_reachable(True)`` when it finds the
 device gone or back. Failed signatures are counted by the request handler (do not count them
 again in the provider); a failed signature also marks the provider unreachable until the
 next one succeeds.
+
+This module imports nothing of the sign path: refusals are sorted by the ``reason`` every
+:class:`kms.errors.SigningRefused` carries, and a chain's state is read through whatever
+``add_chain`` was given (an object with ``chain_id`` and ``state.hrs``).
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable
+from typing import Protocol
 
-from kms.chain.tracker import ChainTracker, DoubleSignRefused, MaxHeightRefused
 from kms.errors import KmsError, SignerError, SigningRefused, StateError
 
 __all__ = [
@@ -42,9 +46,6 @@ __all__ = [
     "KmsMetrics",
     "ProviderMetrics",
     "ValidatorMetrics",
-    "current_metrics",
-    "provider_metrics",
-    "use_metrics",
 ]
 
 #: Upper bounds (seconds) of the sign-latency histogram buckets; +Inf is implied.
@@ -200,12 +201,9 @@ class ValidatorMetrics:
 
     def failed(self, exc: KmsError) -> None:
         """Classify and count a sign request that ended in ``exc``."""
-        if isinstance(exc, DoubleSignRefused):
-            self.refusals[exc.refusal.name.lower()] += 1
-        elif isinstance(exc, MaxHeightRefused):
-            self.refusals["max_height"] += 1
-        elif isinstance(exc, SigningRefused):
-            self.refusals["other"] += 1
+        if isinstance(exc, SigningRefused):
+            reason = exc.reason if exc.reason in self.refusals else "other"
+            self.refusals[reason] += 1
         elif isinstance(exc, SignerError):
             self.errors["signer"] += 1
             self.provider.signer_error(str(exc))
@@ -240,6 +238,20 @@ class ValidatorMetrics:
         self.reconnects += 1
 
 
+class ChainStateView(Protocol):
+    """What the exposition reads of one chain: its ID and its last signed h/r/s."""
+
+    @property
+    def chain_id(self) -> str:
+        """The chain's ID."""
+        ...
+
+    @property
+    def hrs(self) -> tuple[int, int, int]:
+        """Height, round and step of the chain's double-sign state."""
+        ...
+
+
 class KmsMetrics:
     """All metrics of one running KMS."""
 
@@ -247,7 +259,7 @@ class KmsMetrics:
         self.started = time.time()
         self.validators: list[ValidatorMetrics] = []
         self.providers: dict[str, ProviderMetrics] = {}
-        self.chains: dict[str, ChainTracker] = {}
+        self.chains: dict[str, ChainStateView] = {}
 
     def provider(self, name: str) -> ProviderMetrics:
         """The metrics of provider ``name``, created on first use."""
@@ -262,26 +274,6 @@ class KmsMetrics:
         self.validators.append(metrics)
         return metrics
 
-    def add_chain(self, tracker: ChainTracker) -> None:
-        """Report the state of ``tracker``'s chain (read at scrape time)."""
-        self.chains[tracker.chain_id] = tracker
-
-
-_current = KmsMetrics()
-
-
-def current_metrics() -> KmsMetrics:
-    """The metrics of the KMS in this process (the one most recently opened)."""
-    return _current
-
-
-def use_metrics(metrics: KmsMetrics) -> KmsMetrics:
-    """Make ``metrics`` the process's current metrics (``Service.open`` does) and return it."""
-    global _current  # noqa: PLW0603 - one KMS per process; providers look it up here
-    _current = metrics
-    return metrics
-
-
-def provider_metrics(name: str) -> ProviderMetrics:
-    """The provider hook: ``provider_metrics("yubihsm")`` for the running KMS."""
-    return _current.provider(name)
+    def add_chain(self, chain: ChainStateView) -> None:
+        """Report the state of ``chain`` (a tracker; read at scrape time)."""
+        self.chains[chain.chain_id] = chain

@@ -2,7 +2,7 @@
 
 The signer decodes requests and encodes responses; the node side (the simulated node,
 tests) encodes requests and decodes responses. Bytes never include the uvarint length
-prefix (see ``kms.protocol.framing``). The version, chosen by configuration, decides the
+prefix (see ``kms.protocol.delimited``). The version, chosen by configuration, decides the
 meaning of Message fields 9/10 (v1: SignBytes, Celestia: SignRawBytes, others: none),
 whether Vote fields 9/10 exist (v0.38 and later) and the PubKeyResponse layout (v1).
 

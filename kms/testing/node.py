@@ -13,14 +13,14 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 import attrs
 import trio
 from nacl.signing import SigningKey
 
 from kms.errors import ProtocolError
-from kms.protocol.codec import decode_response, encode_request
-from kms.protocol.framing import FrameDecoder, frame
+from kms.protocol.connection import CLOSED, NEED_DATA, PrivvalConnection
 from kms.protocol.messages import (
     PingRequest,
     PingResponse,
@@ -83,26 +83,37 @@ class SignerClient:
     peer_id: str | None = None
     handshake_seconds: float = 0.0
     wire: WireClock | None = None  # the socket's clock (what the benchmarks time)
-    _decoder: FrameDecoder = attrs.field(factory=FrameDecoder)
+    _connection: PrivvalConnection = attrs.field(init=False)
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
+
+    def __attrs_post_init__(self) -> None:
+        self._connection = PrivvalConnection("node", self.version)
 
     async def request(self, request: Request) -> Response:
         """Send one request and wait for its reply, each step under the node's timeout."""
-        payload = await self.exchange(encode_request(request, self.version))
-        return decode_response(payload, self.version)
+        async with self._lock:
+            with trio.fail_after(self.timeout):
+                await self.stream.send_all(self._connection.send(request))
+            while (event := self._connection.next_event()) is NEED_DATA:
+                await self._receive()
+            if event is CLOSED:
+                raise trio.BrokenResourceError("signer closed the connection")
+            return cast(Response, event)
 
     async def exchange(self, payload: bytes) -> bytes:
         """Send one encoded request and return the encoded reply (lock-step)."""
         async with self._lock:
             with trio.fail_after(self.timeout):
-                await self.stream.send_all(frame(payload))
-            while (reply := self._decoder.next_message()) is None:
-                with trio.fail_after(self.timeout):
-                    data = await self.stream.receive_some(65536)
-                if not data:
-                    raise trio.BrokenResourceError("signer closed the connection")
-                self._decoder.feed(bytes(data))
-            return reply
+                await self.stream.send_all(self._connection.send_payload(payload))
+            while (reply := self._connection.next_payload()) is NEED_DATA:
+                await self._receive()
+            if reply is CLOSED:
+                raise trio.BrokenResourceError("signer closed the connection")
+            return cast(bytes, reply)
+
+    async def _receive(self) -> None:
+        with trio.fail_after(self.timeout):
+            self._connection.receive_data(bytes(await self.stream.receive_some(65536)))
 
     async def pub_key(self) -> PublicKey:
         """Ask for the signer's public key, as a node does first."""

@@ -1,6 +1,6 @@
 """The YubiHSM 2 signing provider (`[[providers.yubihsm]]`) and HSM administration helpers.
 
-- :func:`add_yubihsm_signers`: what ``kms.keyring`` calls at startup;
+- :func:`open_yubihsm`: what ``kms.keyring`` calls at startup;
 - :class:`HsmConnection`: a self-repairing authenticated session (blocking);
 - :class:`HsmDevice`: one HSM from trio (one command at a time, bounded per request);
 - :class:`YubiHsmEd25519Signer` / :class:`YubiHsmSecp256k1Signer`: the Signer objects;
@@ -19,7 +19,7 @@ from providers.yubihsm.connection import (
     HsmUnavailable,
 )
 from providers.yubihsm.device import DEFAULT_DEADLINE, HsmDevice
-from providers.yubihsm.keyring import add_yubihsm_signers, load_signers, open_connection
+from providers.yubihsm.provider import load_signers, open_connection, open_yubihsm
 from providers.yubihsm.signers import YubiHsmEd25519Signer, YubiHsmSecp256k1Signer
 
 __all__ = [
@@ -31,7 +31,7 @@ __all__ = [
     "HsmUnavailable",
     "YubiHsmEd25519Signer",
     "YubiHsmSecp256k1Signer",
-    "add_yubihsm_signers",
     "load_signers",
     "open_connection",
+    "open_yubihsm",
 ]

@@ -1,4 +1,4 @@
-"""uvarint length-prefixed framing of privval messages, in both directions.
+"""uvarint length-delimited privval messages, in both directions.
 
 The node sends one ``uvarint(len) || Message`` and waits for the reply, so the decoder is
 built for one message at a time: bytes are appended to one buffer, the length prefix is

@@ -1,4 +1,4 @@
-"""Registering the keys of `[[providers.yubihsm]]` at startup, as tmkms does.
+"""Opening `[[providers.yubihsm]]` at startup: the HSM session and one signer per key.
 
 Startup connects to the HSM (blocking: nothing is being served yet), authenticates, and
 reads every configured key's public key, because the node asks for the public key first and
@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from functools import partial
 
-from kms.config import KmsConfig, YubihsmConfig
+from kms.config import YubihsmConfig
 from kms.errors import SignerError
-from providers import Registry, Signer
+from providers import OpenedProvider, ProviderHealth, ProviderKey, Signer
 from providers.yubihsm.connection import HsmCommandError, HsmConnection, HsmUnavailable
 from providers.yubihsm.device import HsmDevice
 from providers.yubihsm.signers import (
@@ -73,27 +73,27 @@ def load_signers(
     return signers
 
 
-def add_yubihsm_signers(registry: Registry, yubihsm: YubihsmConfig, config: KmsConfig) -> None:
-    """Register every `keys = [...]` entry for its chains, logging each like tmkms."""
-    if not yubihsm.keys:
-        return
-    from kms.keyring import log_added
-    from kms.ops import provider_metrics
+def open_yubihsm(yubihsm: YubihsmConfig, health: ProviderHealth) -> OpenedProvider:
+    """Connect, authenticate and load every `keys = [...]` entry (blocking).
 
+    The session gets a keepalive task (it outlives idle spells) and is closed with the
+    provider (freeing the HSM's session slot). ``health`` hears of the device going away and
+    coming back, and of the sessions re-opened.
+    """
+    if not yubihsm.keys:
+        return OpenedProvider("yubihsm")
     connection = open_connection(yubihsm)
     device = HsmDevice(connection)
-    metrics = provider_metrics("yubihsm")
-    metrics.count_session_reopens_from(lambda: connection.stats.session_reopens)
-    device.on_reachability = metrics.set_reachable
+    health.count_session_reopens_from(lambda: connection.stats.session_reopens)
+    device.on_reachability = health.set_reachable
     try:
         signers = load_signers(connection, yubihsm, device)
     except BaseException:
         connection.close()
         raise
-    registry.add_task(device.keep_alive)  # the session outlives idle spells
-    registry.on_close(connection.close)  # frees the HSM's session slot at shutdown
-    for key, (signer, account) in zip(yubihsm.keys, signers, strict=True):
-        for chain_id in key.chain_ids:
-            registry.add(chain_id, signer, account=account)
-            log_added(config, chain_id, "yubihsm", key.type, signer)
     log.debug("YubiHSM serial %s: %d key(s) loaded", connection.serial, len(signers))
+    keys = [
+        ProviderKey(signer, key.chain_ids, "account" if account else "consensus")
+        for key, (signer, account) in zip(yubihsm.keys, signers, strict=True)
+    ]
+    return OpenedProvider("yubihsm", keys=keys, tasks=[device.keep_alive], close=connection.close)
