@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kms.errors import ProtocolError
-from kms.protocol.framing import MAX_MESSAGE_SIZE, FrameDecoder, FrameTooLarge, frame
+from kms.protocol.delimited import MAX_MESSAGE_SIZE, FrameDecoder, FrameTooLarge, frame
 from kms.protocol.wire import uvarint
 
 payload_lists = st.lists(st.binary(max_size=300), max_size=12)
