@@ -189,13 +189,15 @@ CASES: list[tuple[str, str, str]] = [
         "ledger-unsupported",
         CHAIN + '[[providers.ledgertm]]\nchain_ids = ["osmosis-1"]\n',
         '[providers]: key "ledgertm": the Ledger provider (ledgertm) is not supported by this '
-        "KMS; use softsign or yubihsm",
+        "KMS: keep the consensus key in an HSM ([[providers.yubihsm]] or [[providers.pkcs11]]) "
+        "or in a key file ([[providers.softsign]])",
     ),
     (
         "fortanix-unsupported",
         CHAIN + '[[providers.fortanixdsm]]\napi_endpoint = "https://x"\n',
         '[providers]: key "fortanixdsm": the Fortanix DSM provider (fortanixdsm) is not '
-        "supported by this KMS; use softsign or yubihsm",
+        "supported by this KMS: reach the key through the vendor's PKCS#11 library with "
+        "[[providers.pkcs11]], or use [[providers.yubihsm]] or [[providers.softsign]]",
     ),
     (
         "unknown-provider",
@@ -460,7 +462,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "metrics-unknown-key",
         '[metrics]\nladdr = "127.0.0.1:9181"\npath = "/metrics"\n' + GOOD,
-        '[metrics]: key "path": unknown key (expected one of: laddr)',
+        '[metrics]: key "path": unknown key (expected one of: bind_address, laddr)',
     ),
     (
         "metrics-not-a-table",

@@ -7,7 +7,9 @@ back to tmkms at any time, and read what tmkms and older tendermint-rs versions 
 ``"block_id": null``, ``part_set_header`` instead of ``parts``, ``total`` as a string and
 hex in either case. Everything else that is off (not JSON, truncated, wrong types, missing
 keys, a step outside 0-2) is refused with a ValueError giving the reason, which
-:class:`kms.chain.store.StateFile` turns into a StateError naming the file.
+:class:`kms.chain.store.StateFile` turns into a StateError naming the file. A CometBFT
+``priv_validator_state.json`` (an operator pointing ``state_file`` at the node's own file) is
+recognised and named as such, with the way out: ``tmkms state import``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from kms.chain.state import (
     SignState,
 )
 
-__all__ = ["format_state", "parse_state"]
+__all__ = ["COMETBFT_STATE_FILE", "format_state", "parse_state"]
 
 _DECIMAL = re.compile(r"[0-9]+\Z")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*\Z")
@@ -96,11 +98,35 @@ def _block(value: object) -> BlockRef:
     )
 
 
+#: Why a CometBFT ``priv_validator_state.json`` is refused as a state file, and what to do.
+COMETBFT_STATE_FILE = (
+    'this is a CometBFT priv_validator_state.json (a numeric "round", no "block_id"), '
+    "not a tmkms state file: convert it with `tmkms state import CHAIN_ID FILE` into a "
+    "state_file of the KMS's own (or, if this file is a copy the node does not use, convert "
+    "it in place with `tmkms state import --force CHAIN_ID FILE`)"
+)
+
+
+def _is_cometbft_state(doc: dict[str, Any]) -> bool:
+    """Whether ``doc`` has the shape CometBFT's file signer writes rather than tmkms's.
+
+    CometBFT writes the round as a JSON number and may add ``signature``/``signbytes``;
+    tmkms writes the round as a string and always a ``block_id``.
+    """
+    if "block_id" in doc:
+        return False
+    round_ = doc.get("round")
+    numeric_round = isinstance(round_, int) and not isinstance(round_, bool)
+    return numeric_round or "signbytes" in doc or "signature" in doc
+
+
 def parse_state(text: str | bytes) -> SignState:
     """Parse a tmkms state file's contents; ValueError (with the reason) if it is not one."""
     doc = json.loads(text, parse_constant=_reject_constant)
     if not isinstance(doc, dict):
         raise ValueError("the top level is not a JSON object")
+    if _is_cometbft_state(doc):
+        raise ValueError(COMETBFT_STATE_FILE)
     for key in ("height", "round", "step", "block_id"):
         if key not in doc:
             raise ValueError(f"missing key {key!r}")

@@ -37,6 +37,24 @@ CONFIG_ENV_VAR = "TMKMS_CONFIG_FILE"
 CONFIG_FILE_NAME = "tmkms.toml"
 MAX_HEIGHT_LIMIT = 2**63 - 1
 
+# Sections of tmkms (released, or in its pull requests) that this KMS refuses, and why.
+UNSUPPORTED_SECTIONS = {
+    "tx_signer": "tmkms's transaction signer ([[tx_signer]]) was removed in tmkms v0.13 and "
+    "is not supported: remove the section and sign transactions with a separate tool",
+    "http_server": "tmkms's HTTP API for adding chains at runtime (no authentication, open "
+    "to any web page) is not supported: add the [[chain]], provider and [[validator]] "
+    "sections to this file instead",
+    "prometheus": 'not supported: write [metrics] with bind_address = "host:port" instead',
+}
+# `protocol_version` values older tmkms releases accepted, and what to do instead.
+OLD_PROTOCOL_VERSIONS = {
+    "v0.33": "Tendermint v0.33 speaks an older privval protocol that this KMS does not "
+    "implement (tmkms dropped it in v0.15): upgrade the node to v0.34 or newer, or keep "
+    "tmkms v0.14 for it",
+    "legacy": "the legacy (Tendermint v0.32 and older) privval protocol is not supported "
+    "(tmkms dropped it in v0.13): upgrade the node to v0.34 or newer",
+}
+
 
 def config_path_from(arg: str | None) -> Path:
     """The config file to use: ``-c`` if given, else ``$TMKMS_CONFIG_FILE``, else ./tmkms.toml."""
@@ -65,7 +83,7 @@ def load_config(path: Path) -> KmsConfig:
 def config_from_dict(doc: dict[str, Any], file: Path, base: Path) -> KmsConfig:
     """Validate an already-parsed TOML document; relative paths are joined to ``base``."""
     top = Table(doc, Section(file, "top level"))
-    top.allow(["chain", "providers", "validator", "metrics"])
+    top.allow(["chain", "providers", "validator", "metrics"], unsupported=UNSUPPORTED_SECTIONS)
     chains = _chains(section_list(top, "chain", "chain"), file, base)
     providers_raw = doc.get("providers")
     if providers_raw is not None and not isinstance(providers_raw, dict):
@@ -246,6 +264,8 @@ def _protocol_version(table: Table) -> ProtocolVersion:
     text = table.string("protocol_version", None)
     if text is None:
         return ProtocolVersion.V0_38
+    if text in OLD_PROTOCOL_VERSIONS:
+        raise table.error("protocol_version", f"{quote(text)}: {OLD_PROTOCOL_VERSIONS[text]}")
     try:
         return ProtocolVersion.parse(text)
     except ValueError as exc:
@@ -275,16 +295,22 @@ def _max_height(table: Table) -> int | None:
 
 
 def _metrics(raw: Any, top: Table, file: Path) -> MetricsConfig:
+    """`[metrics]`: ``bind_address`` (tmkms's name for it) or ``laddr`` (ours, kept as alias)."""
     if not isinstance(raw, dict):
         raise top.error("metrics", f"expected a table [metrics], got {describe(raw)}")
     table = Table(raw, Section(file, "[metrics]"))
-    table.allow(["laddr"])
-    laddr = table.string("laddr")
+    table.allow(["bind_address", "laddr"])
+    if table.has("bind_address") and table.has("laddr"):
+        raise table.error(
+            "laddr", "give only one of bind_address and laddr (laddr is an alias of bind_address)"
+        )
+    key = "laddr" if table.has("laddr") else "bind_address"
+    if not table.has(key):
+        raise table.error(key, "missing required key (host:port such as 127.0.0.1:9181)")
+    laddr = table.string(key)
     host, colon, port = laddr.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise table.error(
-            "laddr", f"expected host:port such as 127.0.0.1:9181, got {describe(laddr)}"
-        )
+        raise table.error(key, f"expected host:port such as 127.0.0.1:9181, got {describe(laddr)}")
     return MetricsConfig(laddr=laddr)

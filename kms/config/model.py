@@ -115,7 +115,11 @@ class ValidatorConfig:
 
 @attrs.frozen
 class MetricsConfig:
-    """`[metrics]` (our extension): where to serve Prometheus metrics, e.g. 127.0.0.1:9181."""
+    """`[metrics]`: where to serve Prometheus metrics, e.g. 127.0.0.1:9181.
+
+    The file spells it ``bind_address`` (tmkms's key) or ``laddr`` (this KMS's first name for
+    it, still accepted); both land here.
+    """
 
     laddr: str
 

@@ -24,10 +24,12 @@ from kms.logs import register_secret
 from kms.transport.address import parse_address
 
 UNSUPPORTED_PROVIDERS = {
-    "ledgertm": "the Ledger provider (ledgertm) is not supported by this KMS; "
-    "use softsign or yubihsm",
-    "fortanixdsm": "the Fortanix DSM provider (fortanixdsm) is not supported by this KMS; "
-    "use softsign or yubihsm",
+    "ledgertm": "the Ledger provider (ledgertm) is not supported by this KMS: keep the "
+    "consensus key in an HSM ([[providers.yubihsm]] or [[providers.pkcs11]]) or in a key "
+    "file ([[providers.softsign]])",
+    "fortanixdsm": "the Fortanix DSM provider (fortanixdsm) is not supported by this KMS: "
+    "reach the key through the vendor's PKCS#11 library with [[providers.pkcs11]], or use "
+    "[[providers.yubihsm]] or [[providers.softsign]]",
 }
 _SERIAL = re.compile(r"^[0-9]{1,10}$")
 _OBJECT_ID = {"low": 1, "high": 0xFFFF}
