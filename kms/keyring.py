@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from kms.config import KmsConfig, SoftsignConfig
+from kms.errors import ConfigError
 from kms.keys import (
     format_public_key,
     load_ed25519_key,
@@ -33,7 +34,7 @@ def build_registry(config: KmsConfig, metrics: KmsMetrics | None = None) -> Regi
     metrics = metrics if metrics is not None else KmsMetrics()
     registry = Registry()
     try:
-        _add(registry, config, _softsign(config))
+        _add(registry, config, _softsign(config.softsign))
         if config.yubihsm is not None:
             from providers.yubihsm import open_yubihsm
 
@@ -44,6 +45,21 @@ def build_registry(config: KmsConfig, metrics: KmsMetrics | None = None) -> Regi
     return registry
 
 
+def add_softsign(
+    registry: Registry, config: KmsConfig, sections: tuple[SoftsignConfig, ...]
+) -> None:
+    """Load and register the key files of ``sections`` (new chains of a reload).
+
+    All or nothing: a key that fails to load (KmsError) registers none of them.
+    """
+    opened = _softsign(sections)
+    for key in opened.keys:
+        for chain_id in key.chain_ids:
+            if chain_id in registry:
+                raise ConfigError(f"chain {chain_id!r} already has its keys")
+    _add(registry, config, opened)
+
+
 def _add(registry: Registry, config: KmsConfig, opened: OpenedProvider) -> None:
     registry.add_provider(opened)
     for key in opened.keys:
@@ -51,12 +67,12 @@ def _add(registry: Registry, config: KmsConfig, opened: OpenedProvider) -> None:
             log_added(config, chain_id, opened.name, key.kind, key.signer)
 
 
-def _softsign(config: KmsConfig) -> OpenedProvider:
+def _softsign(sections: tuple[SoftsignConfig, ...]) -> OpenedProvider:
     return OpenedProvider(
         "softsign",
         keys=[
             ProviderKey(_softsign_signer(section), section.chain_ids, section.key_type)
-            for section in config.softsign
+            for section in sections
         ],
     )
 

@@ -132,6 +132,14 @@ class StateLocks:
             raise
         self._fds[key] = fd
 
+    def release_one(self, state_file: Path) -> None:
+        """Drop the lock on ``state_file`` if held (a chain removed by a reload)."""
+        fd = self._fds.pop(lock_path_for(state_file), None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)
+
     def release(self) -> None:
         """Drop every lock (closing the descriptor releases the flock)."""
         while self._fds:

@@ -9,8 +9,10 @@ waiting; a request already being answered is finished first (see :mod:`kms.sessi
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
+import time
 from collections.abc import Callable
 
 import attrs
@@ -23,20 +25,24 @@ from kms.chain.local import LocalStore
 from kms.chain.store import StateFile
 from kms.chain.tracker import ChainTracker
 from kms.chain.writer import StateWriter
-from kms.config import ChainConfig, KmsConfig, ValidatorConfig
+from kms.config import ChainConfig, KmsConfig, ValidatorConfig, load_config
 from kms.errors import KmsError
 from kms.handler import RequestHandler
-from kms.keyring import build_registry
+from kms.keyring import add_softsign, build_registry
 from kms.keys import load_ed25519_key, warn_if_readable_by_others
-from kms.lock import lock_state_files
+from kms.lock import StateLocks, lock_state_files
 from kms.ops.runtime import Operations
 from kms.ops.stats import KmsMetrics, ValidatorMetrics
+from kms.reload import ReloadPlan, merge_config, plan_reload
 from kms.sdnotify import ReadyNotifier, notify
 from kms.session import Session, describe_error
 from providers import Registry
 
 log = logging.getLogger("kms.service")
 start_log = logging.getLogger("kms.commands.start")
+
+#: Loads tmkms.toml again (SIGHUP), with the command line's overrides.
+Reread = Callable[[], KmsConfig]
 
 #: How long `tmkms start` waits for a state file lock (a previous KMS still exiting).
 LOCK_WAIT = 3.0
@@ -45,52 +51,69 @@ CLOSE_TIMEOUT = 5.0
 
 
 @attrs.define
+class _Running:
+    """One validator task: how to stop it, and what it counts."""
+
+    scope: trio.CancelScope
+    metrics: ValidatorMetrics
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
+@attrs.define
 class Service:
-    """The running KMS: shared trackers and signers, one supervised task per validator."""
+    """The running KMS: shared trackers and signers, one supervised task per validator.
+
+    ``config`` is the configuration being served: after a reload, the new file's, except
+    for the parts a reload cannot change (see :mod:`kms.reload`).
+    """
 
     config: KmsConfig
     registry: Registry
     trackers: dict[str, ChainTracker]
     backoff_factory: Callable[[], Backoff] = Backoff
     metrics: KmsMetrics = attrs.field(factory=KmsMetrics)
+    writer: StateWriter = attrs.field(factory=lambda: StateWriter(trio.CapacityLimiter(8)))
+    locks: StateLocks | None = None  # held by `tmkms start`; reloads lock new state files
+    _running: dict[ValidatorConfig, _Running] = attrs.field(factory=dict, init=False)
+    _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
+    _reloading: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+    _serving: trio.Event = attrs.field(factory=trio.Event, init=False)
 
     @classmethod
-    async def open(cls, config: KmsConfig, metrics: KmsMetrics | None = None) -> Service:
+    async def open(
+        cls, config: KmsConfig, metrics: KmsMetrics | None = None, locks: StateLocks | None = None
+    ) -> Service:
         """Load keys and state files and run state hooks; raises KmsError on any problem.
 
         ``metrics`` (default: new ones) count what the validators, chains and providers do.
         """
         metrics = metrics if metrics is not None else KmsMetrics()
         registry = build_registry(config, metrics)
+        service = cls(config=config, registry=registry, trackers={}, metrics=metrics, locks=locks)
         try:
-            trackers = await cls._open_trackers(config, registry, metrics)
+            for chain in config.chains:
+                if chain.id in registry:
+                    await service._open_chain(chain)
         except BaseException:
             await _close_registry(registry)
             raise
-        return cls(config=config, registry=registry, trackers=trackers, metrics=metrics)
+        return service
 
-    @staticmethod
-    async def _open_trackers(
-        config: KmsConfig, registry: Registry, metrics: KmsMetrics
-    ) -> dict[str, ChainTracker]:
-        trackers: dict[str, ChainTracker] = {}
-        writer = StateWriter(trio.CapacityLimiter(8))
-        for chain in config.chains:
-            if chain.id not in registry.chains():
-                continue
-            tracker = ChainTracker(
-                chain.id,
-                LocalStore(StateFile(chain.state_file), writer, label=chain.id),
-                registry.consensus(chain.id),
-                max_height=_max_height(config, chain),
-            )
-            await tracker.open()
-            if chain.state_hook is not None:
-                hook = chain.state_hook
-                await apply_state_hook(tracker, hook.cmd, hook.timeout_secs, hook.fail_closed)
-            trackers[chain.id] = tracker
-            metrics.add_chain(tracker)
-        return trackers
+    async def _open_chain(self, chain: ChainConfig) -> ChainTracker:
+        """Open ``chain``'s tracker (state file, state hook) and report it in the metrics."""
+        tracker = ChainTracker(
+            chain.id,
+            LocalStore(StateFile(chain.state_file), self.writer, label=chain.id),
+            self.registry.consensus(chain.id),
+            max_height=_max_height(self.config, chain),
+        )
+        await tracker.open()
+        if chain.state_hook is not None:
+            hook = chain.state_hook
+            await apply_state_hook(tracker, hook.cmd, hook.timeout_secs, hook.fail_closed)
+        self.trackers[chain.id] = tracker
+        self.metrics.add_chain(tracker)
+        return tracker
 
     async def aclose(self) -> None:
         """Release the providers (a YubiHSM session, say); at most ``CLOSE_TIMEOUT`` seconds."""
@@ -98,17 +121,90 @@ class Service:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every validator connection until cancelled (or, without reconnect, until done)."""
-        supervised = [self._session(v) for v in self.config.validators]
         async with trio.open_nursery() as providers:
             for task in self.registry.tasks():  # providers' own (an HSM keepalive, say)
                 providers.start_soon(task)
             async with trio.open_nursery() as nursery:
-                for each in supervised:
-                    nursery.start_soon(
-                        supervise, each.session, each.backoff, each.reconnect, each.metrics
-                    )
+                self._nursery = nursery
+                for validator in self.config.validators:
+                    self._start(validator)
+                self._serving.set()
                 task_status.started()
+            self._nursery = None
             providers.cancel_scope.cancel()  # they serve the validators: no longer needed
+
+    def _start(self, validator: ValidatorConfig) -> None:
+        assert self._nursery is not None, "validators start while serving"
+        supervised = self._session(validator)
+        running = _Running(trio.CancelScope(), supervised.metrics)
+        self._running[validator] = running
+
+        async def run() -> None:
+            try:
+                with running.scope:
+                    await supervise(
+                        supervised.session,
+                        supervised.backoff,
+                        supervised.reconnect,
+                        supervised.metrics,
+                    )
+            finally:
+                running.done.set()
+
+        self._nursery.start_soon(run)
+
+    async def _stop(self, validator: ValidatorConfig) -> None:
+        """Stop one validator task; a request it is answering is finished first."""
+        running = self._running.pop(validator)
+        running.scope.cancel()
+        await running.done.wait()
+        self.metrics.remove_validator(running.metrics)
+
+    async def reload(self, new: KmsConfig) -> ReloadPlan:
+        """Apply ``new`` (a fully loaded tmkms.toml) to the running service.
+
+        Everything that can fail (the plan, locks on new state files, new keys, new state
+        files and their hooks) is done before anything running changes; on failure it is
+        undone and the error raised: the service goes on exactly as before. Then the new
+        validators start and the removed ones stop; a removed chain's tracker, keys and
+        lock go only once its last validator task has finished, so no request of that chain
+        is ever in flight without them.
+        """
+        await self._serving.wait()
+        async with self._reloading:
+            plan = plan_reload(self.config, new)
+            running = self.config
+            self.config = merge_config(running, new, plan)
+            try:
+                await self._add_chains(plan)
+            except BaseException:
+                self.config = running
+                for chain in plan.add_chains:
+                    self._forget_chain(chain)
+                raise
+            for validator in plan.add_validators:
+                self._start(validator)
+            for validator in plan.remove_validators:
+                await self._stop(validator)
+            for chain_id in plan.remove_chains:
+                self._forget_chain(running.chain(chain_id))
+            return plan
+
+    async def _add_chains(self, plan: ReloadPlan) -> None:
+        for chain in plan.add_chains:
+            if self.locks is not None:
+                self.locks.acquire(chain.state_file, purpose="refusing to add the chain")
+        add_softsign(self.registry, self.config, plan.add_softsign)
+        for chain in plan.add_chains:
+            await self._open_chain(chain)
+
+    def _forget_chain(self, chain: ChainConfig) -> None:
+        """Drop a chain's tracker, keys and state file lock (no validator of it runs)."""
+        self.trackers.pop(chain.id, None)
+        self.metrics.chains.pop(chain.id, None)
+        self.registry.remove_chain(chain.id)
+        if self.locks is not None:
+            self.locks.release_one(chain.state_file)
 
     def _session(self, validator: ValidatorConfig) -> _Supervised:
         chain = self.config.chain(validator.chain_id)
@@ -192,23 +288,27 @@ def _max_height(config: KmsConfig, chain: ChainConfig) -> int | None:
     return min(limits) if limits else None
 
 
-async def _serve_until_signal(config: KmsConfig) -> None:
+async def _serve_until_signal(config: KmsConfig, locks: StateLocks, reread: Reread) -> None:
     metrics = KmsMetrics()
     laddr = config.metrics.laddr if config.metrics is not None else None
     operations = await Operations.open(metrics, laddr)  # a bad address fails before any key
-    service = await Service.open(config, metrics)
+    service = await Service.open(config, metrics, locks)
     try:
-        await _serve(config, service, operations)
+        await _serve(service, operations, reread)
     finally:
         await service.aclose()
 
 
-async def _serve(config: KmsConfig, service: Service, operations: Operations) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _serve(service: Service, operations: Operations, reread: Reread) -> None:
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    with trio.open_signal_receiver(*signums) as signals:
         async with trio.open_nursery() as nursery:
 
             async def watch_signals() -> None:
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        nursery.start_soon(reload_config, service, reread)
+                        continue
                     log.info("received %s; shutting down", signal.Signals(signum).name)
                     notify("STOPPING=1")
                     nursery.cancel_scope.cancel()
@@ -216,20 +316,51 @@ async def _serve(config: KmsConfig, service: Service, operations: Operations) ->
 
             nursery.start_soon(watch_signals)
             nursery.start_soon(operations.run)  # metrics/health listener, systemd watchdog
-            count = len(config.validators)
+            count = len(service.config.validators)
             await service.serve(task_status=ReadyNotifier(f"serving {count} validator(s)"))
             nursery.cancel_scope.cancel()
 
 
-def run(config: KmsConfig, *, verbose: bool = False) -> int:
-    """`tmkms start`: serve until SIGINT/SIGTERM; returns the process exit code."""
+async def reload_config(service: Service, reread: Reread) -> None:
+    """SIGHUP: read tmkms.toml again and apply it; a bad file changes nothing.
+
+    One line either way: what changed, or (ERROR) why nothing did; one WARNING naming what
+    waits for a restart. systemd hears RELOADING=1 and then READY=1.
+    """
+    notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+    path = service.config.path
+    try:
+        plan = await service.reload(reread())
+    except KmsError as exc:
+        log.error("reload of %s refused, nothing changed: %s", path, exc)
+    except Exception as exc:  # a bug must not stop the chains that are signing
+        log.exception("reload of %s failed, nothing changed: %s", path, exc)
+    else:
+        log.info("reloaded %s: %s", path, plan.summary())
+        if plan.not_applied:
+            log.warning(
+                "reload of %s: not applied until a restart: %s", path, ", ".join(plan.not_applied)
+            )
+    finally:
+        count = len(service.config.validators)
+        notify("READY=1", f"STATUS=serving {count} validator(s)")
+
+
+def run(config: KmsConfig, *, verbose: bool = False, reread: Reread | None = None) -> int:
+    """`tmkms start`: serve until SIGINT/SIGTERM; returns the process exit code.
+
+    ``reread`` loads the configuration again on SIGHUP (default: ``config``'s file).
+    """
     del verbose  # logging is configured by the CLI before we get here
     start_log.info("tmkms %s starting up...", __version__)
+    reread = reread if reread is not None else functools.partial(load_config, config.path)
     # One KMS per state file, for this process's whole life (see kms.lock).
     state_files = [chain.state_file for chain in config.chains]
-    with lock_state_files(state_files, wait=LOCK_WAIT, purpose="refusing to start a second KMS"):
+    with lock_state_files(
+        state_files, wait=LOCK_WAIT, purpose="refusing to start a second KMS"
+    ) as locks:
         try:
-            trio.run(_serve_until_signal, config)
+            trio.run(_serve_until_signal, config, locks, reread)
         except BaseExceptionGroup as group:
             # A KmsError raised inside the serving nursery (an unreadable secret_key, say)
             # reaches the CLI as itself: one error line and its exit code, not a traceback.

@@ -141,6 +141,12 @@ class Registry:
         slot[chain_id] = signer
         self._chains.setdefault(chain_id, None)
 
+    def remove_chain(self, chain_id: str) -> None:
+        """Forget ``chain_id``'s keys (a chain removed by a reload); the provider stays open."""
+        self._consensus.pop(chain_id, None)
+        self._account.pop(chain_id, None)
+        self._chains.pop(chain_id, None)
+
     def consensus(self, chain_id: str) -> Signer:
         """The consensus signer of ``chain_id``; ConfigError naming the chain if there is none."""
         signer = self._consensus.get(chain_id)

@@ -270,7 +270,8 @@ def test_start_hands_the_config_to_the_service(
 ) -> None:
     calls: list[tuple[KmsConfig, bool]] = []
 
-    def run(config: KmsConfig, *, verbose: bool = False) -> int:
+    def run(config: KmsConfig, *, verbose: bool = False, reread: object = None) -> int:
+        assert callable(reread)  # SIGHUP reads the same file again
         calls.append((config, verbose))
         logging.getLogger("kms.commands.start").info("tmkms %s starting up...", __version__)
         logging.getLogger("kms.session").debug("debug is on")

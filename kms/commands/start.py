@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from kms.config import MetricsConfig, config_path_from, load_config
+from kms.config import KmsConfig, MetricsConfig, config_path_from, load_config
 from kms.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -48,20 +48,26 @@ def add_commands(subparsers: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the configuration (ConfigError -> exit 1 before any key or socket) and serve."""
     setup_logging(verbose=args.verbose, fmt=args.log_format, level=args.log_level)
-    config = load_config(config_path_from(args.config))
-    if args.metrics is not None:
-        config = attrs.evolve(config, metrics=MetricsConfig(laddr=args.metrics))
+    path = config_path_from(args.config)
+
+    def load() -> KmsConfig:  # at start, and again on SIGHUP
+        config = load_config(path)
+        if args.metrics is not None:
+            config = attrs.evolve(config, metrics=MetricsConfig(laddr=args.metrics))
+        return config
+
+    config = load()
     from kms import service  # the trio service loads only for `start`
 
-    return service.run(config, verbose=args.verbose)
+    return service.run(config, verbose=args.verbose, reread=load)
 
 
 def _metrics_laddr(text: str) -> str:
     """argparse type of ``--metrics``: a host:port, checked now (a usage error if malformed)."""
-    from kms.ops.server import parse_laddr
+    from kms.transport.address import parse_listen_address
 
     try:
-        parse_laddr(text)
+        parse_listen_address(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     return text

@@ -274,6 +274,10 @@ class KmsMetrics:
         self.validators.append(metrics)
         return metrics
 
+    def remove_validator(self, metrics: ValidatorMetrics) -> None:
+        """Stop reporting a validator connection (removed by a reload)."""
+        self.validators = [v for v in self.validators if v is not metrics]
+
     def add_chain(self, chain: ChainStateView) -> None:
         """Report the state of ``chain`` (a tracker; read at scrape time)."""
         self.chains[chain.chain_id] = chain
