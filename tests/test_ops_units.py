@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -211,17 +211,9 @@ def test_app_routes() -> None:
 # -- the HTTP listener -----------------------------------------------------------------------
 
 
-def test_laddr_parsing() -> None:
-    assert server.parse_laddr("127.0.0.1:9181") == ("127.0.0.1", 9181)
-    assert server.parse_laddr("[::1]:0") == ("::1", 0)
-    assert server.parse_laddr("localhost:80") == ("localhost", 80)
-    for bad in ("9181", "host:", ":9181", "host:99999", "host:port"):
-        with pytest.raises(ValueError, match="expected host:port"):
-            server.parse_laddr(bad)
+def test_bound_addresses_are_written_back_as_host_port() -> None:
+    assert server.format_laddr(("127.0.0.1", 9181)) == "127.0.0.1:9181"
     assert server.format_laddr(("::1", 5, 0, 0)) == "[::1]:5"
-    assert server.parse_request_head(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n") == ("GET", "/metrics")
-    for junk in (b"GET /metrics\r\n\r\n", b"GET metrics HTTP/1.1\r\n", b"\xff / HTTP/1.1\r\n"):
-        assert server.parse_request_head(junk) is None
 
 
 async def test_listener_errors_are_one_line() -> None:
@@ -265,18 +257,109 @@ async def test_listener_survives_junk_slow_clients_and_app_bugs(
             assert b"\r\nContent-Length: 6\r\n" in reply and reply.endswith(b"\r\n\r\nGET /x")
             oversized = b"x" * (server.MAX_HEAD + 1)  # all read before the 400: no reset
             assert (await _request(port, oversized)).startswith(b"HTTP/1.1 400 ")
-            assert await _request(port, b"GET /boom HTTP/1.1\r\n\r\n") == b""
+            assert await _request(port, b"GET /boom HTTP/1.1\r\nHost: a\r\n\r\n") == b""
             # Two silent clients take both slots; a third request waits for their timeouts.
             idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
             await trio.sleep(0.05)
             started = time.monotonic()
-            reply = await _request(port, b"GET /late HTTP/1.1\r\n\r\n")
+            reply = await _request(port, b"GET /late HTTP/1.1\r\nHost: a\r\n\r\n")
             assert reply.endswith(b"GET /late")
             assert time.monotonic() - started >= 0.15
             for stream in idle:
                 assert await stream.receive_some(10) == b""  # closed by the server
                 await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+def _echo(method: str, path: str) -> server.HttpResponse:
+    return server.HttpResponse(200, "text/plain", f"{method} {path}".encode())
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: server.App = _echo) -> AsyncIterator[int]:
+    """The listener on a free port (yielded) for the block, then cancelled."""
+    listeners = await server.open_listeners("127.0.0.1:0")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve_http, listeners, app)
+            yield listeners[0].socket.getsockname()[1]
+            nursery.cancel_scope.cancel()
+
+
+BAD_REQUESTS = {
+    "no-version": b"GET /metrics\r\n\r\n",
+    "not-a-path": b"GET metrics HTTP/1.1\r\nHost: a\r\n\r\n",
+    "absolute-form": b"GET http://a/metrics HTTP/1.1\r\nHost: a\r\n\r\n",
+    "binary-method": b"\xff / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "http-1.1-without-host": b"GET / HTTP/1.1\r\n\r\n",
+    "header-without-colon": b"GET / HTTP/1.1\r\nHost: a\r\nno colon\r\n\r\n",
+    "http-2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "cut-short": b"GET / HTTP/1.1\r\nHo",  # then the client half-closes
+    "head-too-long": b"GET / HTTP/1.1\r\nHost: a\r\n"
+    + b"X-Pad: %s\r\n" % (b"p" * server.MAX_HEAD)
+    + b"\r\n",
+}
+
+
+@pytest.mark.parametrize("data", list(BAD_REQUESTS.values()), ids=list(BAD_REQUESTS))
+async def test_what_h11_refuses_is_a_400_then_close(data: bytes) -> None:
+    async with _serving() as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(data)
+            await stream.send_eof()
+            reply = b""
+            while chunk := await stream.receive_some(65536):  # a reset would raise here
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        assert b"\r\nConnection: close\r\n" in reply and reply.endswith(b"\r\n\r\nbad request\n")
+        assert (await _request(port, b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")).endswith(
+            b"GET /after"
+        )
+
+
+async def test_requests_h11_accepts() -> None:
+    async with _serving() as port:
+        query = await _request(port, b"GET /metrics?name[]=x HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert query.startswith(b"HTTP/1.1 200 OK\r\n") and query.endswith(b"GET /metrics")
+        old = await _request(port, b"GET /healthz HTTP/1.0\r\n\r\n")  # no Host needed
+        assert old.startswith(b"HTTP/1.1 200 OK\r\n") and old.endswith(b"GET /healthz")
+        head = await _request(port, b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert b"\r\nContent-Length: 7\r\n" in head and head.endswith(b"\r\n\r\n")
+        post = await _request(port, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+        assert post.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
+        assert b"\r\nAllow: GET, HEAD\r\n" in post
+        # any token is a method (h11's rule): 405 rather than the 400 of a malformed line
+        assert (await _request(port, b"M-SEARCH / HTTP/1.1\r\nHost: a\r\n\r\n")).startswith(
+            b"HTTP/1.1 405 "
+        )
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:  # a request dribbled in byte by byte is put together
+            for byte in b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n":
+                await stream.send_all(bytes([byte]))
+            reply = b""
+            while chunk := await stream.receive_some(65536):
+                reply += chunk
+        assert reply.endswith(b"GET /slow")
+
+
+async def test_one_response_per_connection_even_when_pipelined_or_kept_alive() -> None:
+    two = b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n"
+    keep = b"GET /keep HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"
+    async with _serving() as port:
+        pipelined = await _request(port, two)
+        assert pipelined.count(b"HTTP/1.1 ") == 1 and pipelined.endswith(b"GET /one")
+        kept = await _request(port, keep)
+        assert b"\r\nConnection: close\r\n" in kept and kept.endswith(b"GET /keep")
+        # the second request arrives after the answer: still no second answer, and no reset
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+            reply = b""
+            while not reply.endswith(b"GET /first"):
+                reply += await stream.receive_some(65536)
+            await stream.send_all(b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert await stream.receive_some(65536) == b""
 
 
 # -- sd_notify -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Validator addresses: tcp://[id@]host:port and unix:///path."""
+"""Every address the KMS parses: validators' tcp://[id@]host:port and unix:///path, and
+listen addresses (host:port, tcp://host:port)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kms.transport.address import Address, parse_address
+from kms.transport.address import (
+    Address,
+    format_host_port,
+    parse_address,
+    parse_listen_address,
+    parse_listen_url,
+    split_host_port,
+)
 
 ID = "117c95c4fd7e636c38d303493302d2c271a39669"
 
@@ -68,3 +76,56 @@ def test_invalid_addresses_say_what_is_wrong(text: str, reason: str) -> None:
 def test_str_round_trips(host: str, port: int, peer_id: str | None) -> None:
     addr = Address(scheme="tcp", host=host, port=port, peer_id=peer_id)
     assert parse_address(str(addr)) == addr
+
+
+# -- listen addresses: host:port (the metrics listener) and tcp://host:port (the simulator) --
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:9181", ("127.0.0.1", 9181)),
+        ("[::1]:0", ("::1", 0)),
+        ("localhost:80", ("localhost", 80)),
+        ("::1:80", ("::1", 80)),  # unbracketed IPv6: the last colon is the port's
+    ],
+)
+def test_listen_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen_address(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["9181", "host:", ":9181", "host:99999", "host:port", "host:-1", "host:\u00b9", "[::1]0"],
+)
+def test_invalid_listen_address(text: str) -> None:
+    with pytest.raises(ValueError, match=r"expected host:port such as 127\.0\.0\.1:9181, got "):
+        parse_listen_address(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tcp://127.0.0.1:12345", ("127.0.0.1", 12345)),
+        ("http://localhost:0", ("localhost", 0)),
+        ("http://localhost:8/", ("localhost", 8)),
+        ("tcp://[::1]:9", ("::1", 9)),
+    ],
+)
+def test_listen_url(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen_url(text) == expected
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:1", "unix:///x", "tcp://host", "tcp://h:99999"])
+def test_invalid_listen_url(text: str) -> None:
+    with pytest.raises(ValueError, match="expected tcp://host:port, got "):
+        parse_listen_url(text)
+
+
+def test_split_host_port_reasons_and_format_round_trip() -> None:
+    assert split_host_port("h:0") == ("h", 0)
+    with pytest.raises(ValueError, match=r"^port must be 1-65535$"):
+        split_host_port("h:0", lowest_port=1)
+    for host, port in [("127.0.0.1", 1), ("::1", 65535), ("node.example", 0)]:
+        assert split_host_port(format_host_port(host, port)) == (host, port)
+    assert format_host_port("::1", 5) == "[::1]:5"

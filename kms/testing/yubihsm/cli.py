@@ -8,6 +8,8 @@ import sys
 import threading
 from types import FrameType
 
+from kms.transport.address import parse_listen_url
+
 from .connector import ConnectorServer
 from .device import YubiHsmDevice
 
@@ -15,19 +17,11 @@ DEFAULT_LADDR = "tcp://127.0.0.1:12345"
 
 
 def parse_laddr(text: str) -> tuple[str, int]:
-    """``tcp://host:port`` or ``http://host:port`` (port 0 = pick one) -> (host, port)."""
-    scheme, sep, rest = text.partition("://")
-    if not sep or scheme not in ("tcp", "http"):
-        raise ValueError(f"invalid --laddr {text!r}: expected tcp://host:port")
-    rest = rest.rstrip("/")
-    if rest.startswith("["):
-        host, _, port_text = rest[1:].partition("]")
-        port_text = port_text.removeprefix(":")
-    else:
-        host, _, port_text = rest.rpartition(":")
-    if not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"invalid --laddr {text!r}: expected tcp://host:port")
-    return host, int(port_text)
+    """``--laddr`` (``tcp://host:port`` or ``http://host:port``; port 0: any) -> (host, port)."""
+    try:
+        return parse_listen_url(text)
+    except ValueError as exc:
+        raise ValueError(f"invalid --laddr {text!r}: expected tcp://host:port") from exc
 
 
 def _parser() -> argparse.ArgumentParser:
