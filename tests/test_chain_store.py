@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from kms.chain import store as store_module
 from kms.chain.state import BlockRef, SignState
 from kms.chain.stateformat import format_state, parse_state
-from kms.chain.store import StateFile
+from kms.chain.store import StateFile, read_state
 from kms.errors import StateError
 
 HASH = bytes.fromhex("26C0A41F3243C6BCD7AD2DFF8A8D83A71D29D307B5326C227F734A1A512FE47D")
@@ -318,6 +318,40 @@ def test_unreadable_path_is_refused(tmp_path: Path) -> None:
     (tmp_path / "dir.json").mkdir()
     with pytest.raises(StateError, match=r"dir\.json"):
         StateFile(tmp_path / "dir.json").load()
+
+
+def test_read_state_only_reads(tmp_path: Path) -> None:
+    """The reader of `tmkms state show`: no file is None, and nothing is created or removed."""
+    path = tmp_path / "state.json"
+    assert read_state(path) is None
+    assert not path.exists()
+    stale = tmp_path / ".state.json.123.0.tmp"
+    stale.write_text(INITIAL_JSON)
+    path.write_text(STATE_JSON)
+    assert read_state(path) == STATE
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stale.name, path.name]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", r"^cannot parse state file \S+s\.json: it is empty \(truncated\?\); refusing"),
+        (" \n", r"^cannot parse state file \S+s\.json: it is empty"),
+        ("{", r"^cannot parse state file \S+s\.json: Expecting property name"),
+        (None, r"^cannot read state file \S+s\.json: Is a directory$"),
+    ],
+)
+def test_read_state_and_load_refuse_alike(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    path = tmp_path / "s.json"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(content)
+    for read in (read_state, lambda p: StateFile(p).load()):
+        with pytest.raises(StateError, match=message):
+            read(path)
 
 
 # ---------------------------------------------------------------- durability and failed writes

@@ -36,10 +36,35 @@ from kms.chain.state import SignState
 from kms.chain.stateformat import format_state, parse_state
 from kms.errors import StateError
 
-__all__ = ["StateFile", "save_all"]
+__all__ = ["StateFile", "read_state", "save_all"]
 
 _FILE_MODE = 0o600
 _TEMP_COUNTER = itertools.count()
+
+
+def read_state(path: Path) -> SignState | None:
+    """The state in ``path``, or None if there is no such file; only reads.
+
+    Creates nothing and removes nothing, so it is safe while a `tmkms start` holds the file
+    (``tmkms state show``), and :meth:`StateFile.load` builds on it. Raises StateError
+    naming the file when it exists but cannot be read, is empty, or is not a state file.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from exc
+    if not data.strip():
+        raise StateError(
+            f"cannot parse state file {path}: it is empty (truncated?); "
+            "refusing to start from zero"
+        )
+    try:
+        return parse_state(data)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise StateError(f"cannot parse state file {path}: {exc}") from exc
 
 
 class StateFile:
@@ -61,24 +86,14 @@ class StateFile:
     def load(self) -> SignState:
         """Read the state; a missing file is created at height 0 (durably) and returned.
 
-        Raises StateError naming the file when it exists but cannot be read or parsed.
+        Raises StateError naming the file when it exists but cannot be read or parsed
+        (:func:`read_state`).
         """
-        try:
-            data = self._path.read_bytes()
-        except FileNotFoundError:
+        state = read_state(self._path)
+        if state is None:
             self.save(SignState.INITIAL)
             return SignState.INITIAL
-        except OSError as exc:
-            raise StateError(f"cannot read state file {self._path}: {exc}") from exc
-        if not data.strip():
-            raise StateError(
-                f"state file {self._path} is empty (truncated?); refusing to start from zero"
-            )
-        try:
-            return parse_state(data)
-        except (ValueError, KeyError, TypeError, RecursionError) as exc:
-            # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise StateError(f"cannot parse state file {self._path}: {exc}") from exc
+        return state
 
     def remove_stale_temps(self) -> list[str]:
         """Delete temp files a crashed save left beside the state file; return their names.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from kms.chain.filepv import parse_cometbft_state
 from kms.chain.state import MAX_HEIGHT_VALUE, BlockRef, SignState
 from kms.chain.stateformat import parse_state
-from kms.chain.store import StateFile
+from kms.chain.store import StateFile, read_state
 from kms.commands import add_group
 from kms.config import ChainConfig, KmsConfig, config_path_from, load_config
 from kms.errors import ConfigError, StateError
@@ -92,20 +92,6 @@ def _chain(config: KmsConfig, chain_id: str) -> ChainConfig:
         raise ConfigError(
             f"{config.path}: no [[chain]] with id {chain_id!r} (configured: {known})"
         ) from exc
-
-
-def read_state(path: Path) -> SignState | None:
-    """The state in ``path``, None if there is no file; StateError naming it if unreadable."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from exc
-    try:
-        return parse_state(data)
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise StateError(f"cannot parse state file {path}: {exc}") from exc
 
 
 def read_import_file(path: Path, fmt: str = "auto") -> tuple[SignState, str]:
