@@ -9,7 +9,7 @@ look-alike) three medians of one Ed25519 signature, measured in the same run:
   SCP03 decrypt/MAC work and the signature), i.e. what a device would take;
 - library: one ``AsymmetricKey.sign_eddsa`` call of the ``yubihsm`` library on an open
   session (host-side SCP03, transport, device);
-- provider: one ``await YubiHsmEd25519Signer.sign`` from trio: a worker thread under the
+- provider: one ``await YubiHsmSigner.sign`` (Ed25519) from trio: a worker thread under the
   device's CapacityLimiter, the self-repairing connection, and the signature check.
 
 ``provider - library`` is the provider's own overhead; the ratios put it next to the device
@@ -37,7 +37,7 @@ from yubihsm.defs import CAPABILITY
 from yubihsm.objects import AsymmetricKey
 
 from kms.testing.yubihsm import ConnectorServer, SimulatorBackend, YubiHsmDevice
-from providers.yubihsm import HsmConnection, HsmDevice, YubiHsmEd25519Signer
+from providers.yubihsm import ED25519, HsmConnection, HsmDevice, YubiHsmSigner
 
 MESSAGE = bytes(range(120))  # about the size of canonical vote sign bytes
 SEED = bytes(range(32))
@@ -114,7 +114,7 @@ def measure(name: str, number: int, repeat: int) -> dict[str, float]:
         hsm.close()
 
         connection = HsmConnection(open_backend, 1, "password")
-        signer = YubiHsmEd25519Signer(HsmDevice(connection), KEY_ID, public)
+        signer = YubiHsmSigner(HsmDevice(connection), KEY_ID, public, ED25519)
 
         def provider_batch(n: int) -> float:
             async def run() -> float:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nacl.signing import SigningKey, VerifyKey
 from yubihsm import YubiHsm
 from yubihsm.backends import YhsmBackend
@@ -52,15 +53,21 @@ from kms.testing.yubihsm import (
     YubiHsmDevice,
     fake_usb_devices,
 )
+from providers import Signer
 from providers.softsign import SECP256K1_ORDER, Ed25519SoftSigner, low_s_signature
 from providers.yubihsm import (
     HsmConnection,
     HsmDevice,
-    YubiHsmEd25519Signer,
-    YubiHsmSecp256k1Signer,
+    YubiHsmSigner,
     load_signers,
 )
-from providers.yubihsm.signers import account_public_key, read_public_key
+from providers.yubihsm.signers import (
+    ED25519,
+    SECP256K1,
+    account_public_key,
+    algorithm_of,
+    read_public_key,
+)
 from providers.yubihsm.transport import BackendFactory, backend_factory, read_password
 
 VALIDATOR_KEY = 4
@@ -202,11 +209,11 @@ def yubihsm_config(rig: Rig, keys: list[dict[str, object]], **auth: object) -> d
 
 async def test_ed25519_and_secp256k1_signatures_verify(rig: Rig) -> None:
     device = HsmDevice(rig.connection())
-    ed = YubiHsmEd25519Signer(device, ED_KEY, rig.public[ED_KEY])
+    ed = YubiHsmSigner(device, ED_KEY, rig.public[ED_KEY], ED25519)
     signature = await ed.sign(MESSAGE)
     VerifyKey(rig.public[ED_KEY]).verify(MESSAGE, signature)
     compressed = account_public_key(ALGORITHM.EC_K256, rig.public[K256_KEY], K256_KEY)
-    account = YubiHsmSecp256k1Signer(device, K256_KEY, compressed)
+    account = YubiHsmSigner(device, K256_KEY, compressed, SECP256K1)
     signature = await account.sign(MESSAGE)
     r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
     assert s <= SECP256K1_ORDER // 2
@@ -220,7 +227,7 @@ async def test_keepalive_keeps_an_idle_session_open(rig: Rig, keepalive: bool) -
     """60 s of the device's time without a signature: the keepalive spares a new session."""
     connection = rig.connection()
     device = HsmDevice(connection)
-    signer = YubiHsmEd25519Signer(device, ED_KEY, rig.public[ED_KEY])
+    signer = YubiHsmSigner(device, ED_KEY, rig.public[ED_KEY], ED25519)
     await signer.sign(b"one")
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -237,7 +244,7 @@ async def test_keepalive_keeps_an_idle_session_open(rig: Rig, keepalive: bool) -
 
 async def test_session_expiry_reopens_the_session_transparently(rig: Rig) -> None:
     connection = rig.connection()
-    signer = YubiHsmEd25519Signer(HsmDevice(connection), ED_KEY, rig.public[ED_KEY])
+    signer = YubiHsmSigner(HsmDevice(connection), ED_KEY, rig.public[ED_KEY], ED25519)
     await signer.sign(b"one")
     rig.clock.advance(31)  # the device's 30 s idle timeout
     second = await signer.sign(b"two")
@@ -254,7 +261,7 @@ async def test_outage_fails_fast_then_reconnects(rig: Rig) -> None:
     device = HsmDevice(connection, deadline=1.5, backoff=backoff)
     transitions: list[tuple[bool, str | None]] = []
     device.on_reachability = lambda up, why: transitions.append((up, why))
-    signer = YubiHsmEd25519Signer(device, ED_KEY, rig.public[ED_KEY])
+    signer = YubiHsmSigner(device, ED_KEY, rig.public[ED_KEY], ED25519)
     await signer.sign(b"before")
     rig.down()
     for _ in range(3):
@@ -291,7 +298,7 @@ async def test_requests_fail_at_once_when_the_next_attempt_is_past_their_deadlin
         )
         backoff = Backoff(initial=5.0, cap=5.0, jitter=0.0)
         device = HsmDevice(connection, deadline=1.0, backoff=backoff)
-        signer = YubiHsmEd25519Signer(device, ED_KEY, public[ED_KEY])
+        signer = YubiHsmSigner(device, ED_KEY, public[ED_KEY], ED25519)
         with pytest.raises(SignerError, match="backend switched off"):
             await signer.sign(b"first")  # tries, fails, next attempt in 5 s
         started = time.monotonic()
@@ -319,7 +326,7 @@ async def test_hung_hsm_answers_within_the_deadline_and_never_stalls_softsign() 
         lambda: HangingBackend(device_sim), VALIDATOR_KEY, VALIDATOR_PASSWORD
     )
     device = HsmDevice(connection, deadline=0.5)
-    hsm = YubiHsmEd25519Signer(device, ED_KEY, public[ED_KEY])
+    hsm = YubiHsmSigner(device, ED_KEY, public[ED_KEY], ED25519)
     soft = Ed25519SoftSigner(SigningKey.generate())
     await hsm.sign(b"warm up")
     hanging.set()
@@ -378,7 +385,7 @@ async def test_the_device_runs_one_command_at_a_time() -> None:
         lambda: CountingBackend(device_sim), VALIDATOR_KEY, VALIDATOR_PASSWORD
     )
     device = HsmDevice(connection)
-    ed = YubiHsmEd25519Signer(device, ED_KEY, public[ED_KEY])
+    ed = YubiHsmSigner(device, ED_KEY, public[ED_KEY], ED25519)
     results: list[tuple[bytes, bytes]] = []
 
     async def sign(n: int) -> None:
@@ -401,26 +408,48 @@ async def test_refused_commands_are_errors_not_outages() -> None:
         lambda: SimulatorBackend(device_sim), VALIDATOR_KEY, VALIDATOR_PASSWORD
     )
     device = HsmDevice(connection)
-    no_sign = YubiHsmEd25519Signer(device, NO_SIGN_KEY, public[ED_KEY])
+    no_sign = YubiHsmSigner(device, NO_SIGN_KEY, public[ED_KEY], ED25519)
     with pytest.raises(SignerError, match="INSUFFICIENT_PERMISSIONS"):
         await no_sign.sign(b"x")
-    missing = YubiHsmEd25519Signer(device, 77, public[ED_KEY])
+    missing = YubiHsmSigner(device, 77, public[ED_KEY], ED25519)
     with pytest.raises(SignerError, match="OBJECT_NOT_FOUND"):
         await missing.sign(b"x")
     assert device.available and device.errors == 2
     assert connection.stats.session_reopens == 0
 
 
-async def test_a_signature_that_does_not_verify_is_never_returned() -> None:
+@pytest.mark.parametrize("account", [False, True], ids=["ed25519", "secp256k1"])
+async def test_a_signature_that_does_not_verify_is_never_returned(account: bool) -> None:
     device_sim = YubiHsmDevice()
     provision(device_sim)
     connection = HsmConnection(
         lambda: SimulatorBackend(device_sim), VALIDATOR_KEY, VALIDATOR_PASSWORD
     )
-    wrong_public = bytes(SigningKey.generate().verify_key)
-    signer = YubiHsmEd25519Signer(HsmDevice(connection), ED_KEY, wrong_public)
-    with pytest.raises(SignerError, match="invalid signature"):
+    device = HsmDevice(connection)
+    if account:  # another secp256k1 key's public key
+        other = ec.generate_private_key(ec.SECP256K1()).public_key()
+        wrong_public = other.public_bytes(Encoding.X962, PublicFormat.CompressedPoint)
+        signer = YubiHsmSigner(device, K256_KEY, wrong_public, SECP256K1)
+        what = f"SIGN_ECDSA with YubiHSM key 0x{K256_KEY:04x}"
+    else:
+        wrong_public = bytes(SigningKey.generate().verify_key)
+        signer = YubiHsmSigner(device, ED_KEY, wrong_public, ED25519)
+        what = f"SIGN_EDDSA with YubiHSM key 0x{ED_KEY:04x}"
+    with pytest.raises(SignerError, match=f"^{what}: the HSM returned an invalid signature$"):
         await signer.sign(b"x")
+    assert device.errors == 1
+
+
+def test_one_signer_class_told_its_algorithm() -> None:
+    assert algorithm_of(ALGORITHM.EC_ED25519) is ED25519
+    assert algorithm_of(ALGORITHM.EC_K256) is SECP256K1
+    assert algorithm_of(ALGORITHM.EC_P256) is None
+    device = HsmDevice(HsmConnection(lambda: SimulatorBackend(YubiHsmDevice()), 1, "x"))
+    public = bytes(SigningKey.generate().verify_key)
+    signer = YubiHsmSigner(device, 0x12, public, ED25519)
+    assert isinstance(signer, Signer)
+    assert (signer.key_type, signer.provider, signer.public_key) == ("ed25519", "yubihsm", public)
+    assert repr(signer) == "YubiHsmSigner(ed25519, key_id=0x0012)"
 
 
 async def test_secp256k1_signatures_are_always_low_s() -> None:
@@ -430,7 +459,7 @@ async def test_secp256k1_signatures_are_always_low_s() -> None:
         lambda: SimulatorBackend(device_sim), VALIDATOR_KEY, VALIDATOR_PASSWORD
     )
     compressed = account_public_key(ALGORITHM.EC_K256, public[K256_KEY], K256_KEY)
-    signer = YubiHsmSecp256k1Signer(HsmDevice(connection), K256_KEY, compressed)
+    signer = YubiHsmSigner(HsmDevice(connection), K256_KEY, compressed, SECP256K1)
     point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), compressed)
     high_from_device = 0
     for n in range(40):

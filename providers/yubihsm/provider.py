@@ -17,13 +17,7 @@ from kms.errors import SignerError
 from providers import OpenedProvider, ProviderHealth, ProviderKey, Signer
 from providers.yubihsm.connection import HsmCommandError, HsmConnection, HsmUnavailable
 from providers.yubihsm.device import HsmDevice
-from providers.yubihsm.signers import (
-    YubiHsmEd25519Signer,
-    YubiHsmSecp256k1Signer,
-    account_public_key,
-    consensus_public_key,
-    read_public_key,
-)
+from providers.yubihsm.signers import ED25519, SECP256K1, YubiHsmSigner, read_public_key
 from providers.yubihsm.transport import backend_factory, expected_serial, read_password
 
 log = logging.getLogger("providers.yubihsm")
@@ -60,16 +54,9 @@ def load_signers(
             raise SignerError(f"error connecting to YubiHSM2: {exc}") from exc
         except HsmCommandError as exc:
             raise SignerError(f"cannot read YubiHSM key 0x{key.key:04x}: {exc}") from exc
-        signer: Signer
-        if key.type == "account":
-            signer = YubiHsmSecp256k1Signer(
-                device, key.key, account_public_key(algorithm, raw, key.key)
-            )
-        else:
-            signer = YubiHsmEd25519Signer(
-                device, key.key, consensus_public_key(algorithm, raw, key.key)
-            )
-        signers.append((signer, key.type == "account"))
+        expected = SECP256K1 if key.type == "account" else ED25519
+        public_key = expected.public_key(algorithm, raw, key.key)
+        signers.append((YubiHsmSigner(device, key.key, public_key, expected), key.type == "account"))
     return signers
 
 

@@ -1,17 +1,20 @@
-"""Signers backed by keys inside a YubiHSM 2, and their registration from tmkms.toml.
+"""Signers backed by keys inside a YubiHSM 2: one class, :class:`YubiHsmSigner`, given the
+:class:`HsmAlgorithm` of its key.
 
-Consensus keys are Ed25519 (SIGN_EDDSA over the sign bytes, 64 bytes identical to software
-Ed25519); account keys are secp256k1 (SIGN_ECDSA over SHA-256 of the message, returned as
-``r || s`` with low S). Each signature is checked against the key's public key before it
-leaves the KMS: a verification costs tens of microseconds, a bad signature a missed block.
+Consensus keys are Ed25519 (:data:`ED25519`: SIGN_EDDSA over the sign bytes, 64 bytes
+identical to software Ed25519); account keys are secp256k1 (:data:`SECP256K1`: SIGN_ECDSA
+over SHA-256 of the message, returned as ``r || s`` with low S). Each signature is checked
+against the key's public key before it leaves the KMS: a verification costs far less than
+the HSM's signature, and a bad signature costs a missed block.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-from typing import Literal
+from collections.abc import Callable
 
+import attrs
 import nacl.exceptions
 import nacl.signing
 from cryptography.exceptions import InvalidSignature
@@ -23,6 +26,7 @@ from yubihsm.defs import ALGORITHM, COMMAND
 from yubihsm.objects import AsymmetricKey
 
 from kms.errors import KeyFileError, SignerError
+from providers import KeyType
 from providers.softsign import low_s_signature
 from providers.yubihsm.device import HsmDevice
 
@@ -60,80 +64,127 @@ def account_public_key(algorithm: int, raw: bytes, key_id: int) -> bytes:
     )
 
 
-class YubiHsmEd25519Signer:
-    """An Ed25519 consensus key that lives in the HSM."""
+#: Checks a reply of the HSM against the message: the signature to hand out, or ValueError,
+#: InvalidSignature or BadSignatureError.
+Check = Callable[[bytes, bytes], bytes]
 
-    key_type: Literal["ed25519"] = "ed25519"
+
+@attrs.frozen
+class HsmAlgorithm:
+    """What differs between the key types: the HSM's key algorithm, the signing command,
+    how the reply is checked, and how the public key is read."""
+
+    key_type: KeyType
+    hsm_algorithm: int
+    command: str
+    #: the signing call on the HSM: the raw reply for ``message``
+    sign: Callable[[AsymmetricKey, bytes], bytes]
+    #: the checker of replies, made once per signer from its public key
+    checker: Callable[[bytes], Check]
+    #: ``(algorithm, raw, key_id)`` of GET_PUBLIC_KEY -> the public key; KeyFileError if the
+    #: key is of another type
+    public_key: Callable[[int, bytes, int], bytes]
+
+
+def _sign_eddsa(key: AsymmetricKey, message: bytes) -> bytes:
+    return bytes(key.sign_eddsa(message))
+
+
+def _ed25519_checker(public_key: bytes) -> Check:
+    verify_key = nacl.signing.VerifyKey(public_key)
+
+    def check(message: bytes, signature: bytes) -> bytes:
+        verify_key.verify(message, signature)
+        return signature
+
+    return check
+
+
+def _sign_ecdsa(key: AsymmetricKey, message: bytes) -> bytes:
+    return bytes(key.sign_ecdsa(message, hashes.SHA256()))
+
+
+def _secp256k1_checker(public_key: bytes) -> Check:
+    point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), public_key)
+
+    def check(message: bytes, der: bytes) -> bytes:
+        signature = low_s_signature(der)
+        r = int.from_bytes(signature[:32], "big")
+        s = int.from_bytes(signature[32:], "big")
+        point.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
+        return signature
+
+    return check
+
+
+ED25519 = HsmAlgorithm(
+    "ed25519",
+    ALGORITHM.EC_ED25519,
+    "SIGN_EDDSA",
+    _sign_eddsa,
+    _ed25519_checker,
+    consensus_public_key,
+)
+SECP256K1 = HsmAlgorithm(
+    "secp256k1",
+    ALGORITHM.EC_K256,
+    "SIGN_ECDSA",
+    _sign_ecdsa,
+    _secp256k1_checker,
+    account_public_key,
+)
+
+
+def algorithm_of(hsm_algorithm: int) -> HsmAlgorithm | None:
+    """The algorithm of a key the HSM reports as ``hsm_algorithm``; None if not supported."""
+    for algorithm in (ED25519, SECP256K1):
+        if algorithm.hsm_algorithm == hsm_algorithm:
+            return algorithm
+    return None
+
+
+class YubiHsmSigner:
+    """A key that lives in the HSM: an Ed25519 consensus key or a secp256k1 account key.
+
+    ``public_key`` is the 32-byte Ed25519 key or the 33-byte compressed secp256k1 point.
+    """
+
     provider = "yubihsm"
 
-    def __init__(self, device: HsmDevice, key_id: int, public_key: bytes) -> None:
+    def __init__(
+        self, device: HsmDevice, key_id: int, public_key: bytes, algorithm: HsmAlgorithm
+    ) -> None:
         self.device = device
         self.key_id = key_id
+        self.algorithm = algorithm
+        self.key_type: KeyType = algorithm.key_type
         self._public = bytes(public_key)
-        self._verify = nacl.signing.VerifyKey(self._public)
-        self._what = f"SIGN_EDDSA with YubiHSM key 0x{key_id:04x}"
+        self._check = algorithm.checker(self._public)
+        self._what = f"{algorithm.command} with YubiHSM key 0x{key_id:04x}"
 
     @property
     def public_key(self) -> bytes:
-        """The 32-byte Ed25519 public key."""
+        """The public key (raw Ed25519, or compressed secp256k1)."""
         return self._public
 
     async def sign(self, message: bytes) -> bytes:
-        """The 64-byte Ed25519 signature of ``message``, made by the HSM."""
+        """The 64-byte signature of ``message`` made by the HSM, checked before it is returned.
+
+        Ed25519 signs the message itself; secp256k1 signs its SHA-256 (low-S ``r || s``).
+        """
         data = bytes(message)
         key_id = self.key_id
+        hsm_sign = self.algorithm.sign
 
-        def sign_eddsa(session: AuthSession) -> bytes:
-            return bytes(AsymmetricKey(session, key_id).sign_eddsa(data))
+        def sign_on_hsm(session: AuthSession) -> bytes:
+            return hsm_sign(AsymmetricKey(session, key_id), data)
 
-        signature = await self.device.run(sign_eddsa, self._what)
+        reply = await self.device.run(sign_on_hsm, self._what)
         try:
-            self._verify.verify(data, signature)
-        except (nacl.exceptions.BadSignatureError, ValueError) as exc:
+            return self._check(data, reply)
+        except (ValueError, InvalidSignature, nacl.exceptions.BadSignatureError) as exc:
             self.device.errors += 1
             raise SignerError(f"{self._what}: the HSM returned an invalid signature") from exc
-        return signature
 
     def __repr__(self) -> str:
-        return f"YubiHsmEd25519Signer(key_id=0x{self.key_id:04x})"
-
-
-class YubiHsmSecp256k1Signer:
-    """A secp256k1 account key that lives in the HSM (low-S ``r || s`` over SHA-256)."""
-
-    key_type: Literal["secp256k1"] = "secp256k1"
-    provider = "yubihsm"
-
-    def __init__(self, device: HsmDevice, key_id: int, public_key: bytes) -> None:
-        self.device = device
-        self.key_id = key_id
-        self._public = bytes(public_key)
-        self._verify = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), self._public)
-        self._what = f"SIGN_ECDSA with YubiHSM key 0x{key_id:04x}"
-
-    @property
-    def public_key(self) -> bytes:
-        """The 33-byte compressed public key."""
-        return self._public
-
-    async def sign(self, message: bytes) -> bytes:
-        """The 64-byte low-S signature over SHA-256(``message``), made by the HSM."""
-        data = bytes(message)
-        key_id = self.key_id
-
-        def sign_ecdsa(session: AuthSession) -> bytes:
-            return bytes(AsymmetricKey(session, key_id).sign_ecdsa(data, hashes.SHA256()))
-
-        der = await self.device.run(sign_ecdsa, self._what)
-        try:
-            signature = low_s_signature(der)
-            r = int.from_bytes(signature[:32], "big")
-            s = int.from_bytes(signature[32:], "big")
-            self._verify.verify(encode_dss_signature(r, s), data, ec.ECDSA(hashes.SHA256()))
-        except (ValueError, InvalidSignature) as exc:
-            self.device.errors += 1
-            raise SignerError(f"{self._what}: the HSM returned an invalid signature") from exc
-        return signature
-
-    def __repr__(self) -> str:
-        return f"YubiHsmSecp256k1Signer(key_id=0x{self.key_id:04x})"
+        return f"YubiHsmSigner({self.key_type}, key_id=0x{self.key_id:04x})"
