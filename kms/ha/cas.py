@@ -133,13 +133,16 @@ class CasMachine:
         self.decision: Decision | None = None
         self.ambiguous = False  # a txn may have been applied and we do not know yet
         self.lost_compares = 0
+        self.resends = 0  # txns sent again after no answer
+        self.won_by_nonce = False  # won through a copy whose answer was lost
         if known is not None:
             self._plan(known)
 
     def unanswered(self, maybe_applied: bool) -> None:
         """The op got no answer; ``maybe_applied``: it may have reached etcd. Send it again."""
-        if maybe_applied and isinstance(self.op, CasOp):
-            self.ambiguous = True
+        if isinstance(self.op, CasOp):
+            self.resends += 1
+            self.ambiguous = self.ambiguous or maybe_applied
 
     def answered(self, result: RangeResult | TxnResult) -> None:
         """Feed the answer to ``op``; ValueError if it does not fit the op."""
@@ -164,7 +167,8 @@ class CasMachine:
             raise ValueError("a failed check-and-set reply does not carry the key's value")
         stored = Stored.from_range(answer, self.key)
         if stored.watermark is not None and stored.watermark.nonce == op.nonce:
-            self._decide(Verdict.WON, stored.remembered())  # our earlier copy was applied
+            self.won_by_nonce = True  # an earlier copy of this txn was applied
+            self._decide(Verdict.WON, stored.remembered())
             return
         self.lost_compares += 1
         self._plan(stored)

@@ -139,6 +139,12 @@ class EtcdClient:
         for endpoint in self._endpoints:
             await endpoint.aclose()
 
+    async def __aenter__(self) -> EtcdClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     def _parsed(self, parse: Any, doc: dict[str, Any]) -> Any:
         try:
             return parse(doc)

@@ -177,10 +177,20 @@ class Endpoint:
 
     async def _receive(self, conn: _Conn) -> Reply:
         status, content_type, body = 0, "", bytearray()
+        eof, head = False, b""
         while True:
-            event = conn.h11.next_event()
+            try:
+                event = conn.h11.next_event()
+            except h11.RemoteProtocolError:
+                if eof and (status or not head):  # a reply cut short by the end of the stream
+                    raise _Closed from None
+                raise
             if event is h11.NEED_DATA:
-                conn.h11.receive_data(bytes(await conn.stream.receive_some(_RECEIVE)))
+                data = bytes(await conn.stream.receive_some(_RECEIVE))
+                eof = not data
+                if not status and len(head) < 64:
+                    head += data
+                conn.h11.receive_data(data)
             elif isinstance(event, h11.Response):
                 status = event.status_code
                 for name, value in event.headers:

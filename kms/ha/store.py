@@ -131,6 +131,7 @@ class SharedWatermarkStore:
         self._machine: CasMachine | None = None
         self._last_error: EtcdError | None = None
         self.last_reconcile: Reconciled | None = None
+        self.counters: collections.Counter[str] = collections.Counter()
 
     def describe(self) -> str:
         """The local store, and the etcd key beside it."""
@@ -196,6 +197,14 @@ class SharedWatermarkStore:
     async def _drive(self, machine: CasMachine) -> Decision:
         """Carry ``machine``'s ops to etcd until it decides."""
         self._machine = machine
+        try:
+            return await self._drive_ops(machine)
+        finally:
+            self.counters["lost_compares"] += machine.lost_compares
+            self.counters["resends"] += machine.resends
+            self.counters["won_by_nonce"] += machine.won_by_nonce
+
+    async def _drive_ops(self, machine: CasMachine) -> Decision:
         delay = RETRY_INITIAL
         while machine.op is not None:
             pending = Pending(machine.op)

@@ -32,6 +32,10 @@ from typing import Any
 
 import attrs
 import pytest
+import trio
+
+from kms.chain.state import SignState
+from kms.chain.store import StateFile
 
 HEARTBEAT_MS = 50
 ELECTION_MS = 500
@@ -352,15 +356,39 @@ def running_cluster(base_dir: Path, size: int = 3, **options: Any) -> Iterator[E
         cluster.close()
 
 
-@pytest.fixture(scope="module")
-def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    """A 3-member cluster shared by one test module (tests use distinct keys)."""
-    with running_cluster(tmp_path_factory.mktemp("etcd")) as cluster:
+def module_cluster(
+    factory: pytest.TempPathFactory, size: int = 3, **options: Any
+) -> Iterator[EtcdCluster]:
+    """The body of a test module's ``etcd_cluster`` fixture (module scope)::
+
+        @pytest.fixture(scope="module")
+        def etcd_cluster(tmp_path_factory):
+            yield from module_cluster(tmp_path_factory)
+    """
+    with running_cluster(factory.mktemp("etcd"), size, **options) as cluster:
         yield cluster
 
 
-@pytest.fixture
-def etcd(etcd_cluster: EtcdCluster) -> EtcdCluster:
-    """The module's cluster with every member up and a leader (after the last test's damage)."""
-    etcd_cluster.heal()
-    return etcd_cluster
+def healed(cluster: EtcdCluster) -> EtcdCluster:
+    """The body of a test's ``etcd`` fixture: every member up, a leader (the last test's
+    damage undone)."""
+    cluster.heal()
+    return cluster
+
+
+class LocalFile:
+    """A chain's local state file as a ``StateStore`` (blocking I/O in a worker thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = StateFile(path)
+        self.saves = 0
+
+    def describe(self) -> str:
+        return str(self.file.path)
+
+    async def load(self) -> SignState:
+        return await trio.to_thread.run_sync(self.file.load)
+
+    async def save(self, state: SignState) -> None:
+        await trio.to_thread.run_sync(self.file.save, state)
+        self.saves += 1
