@@ -169,7 +169,8 @@ REFUSED: list[tuple[str, str, str]] = [
         GOOD + '\n[http_server]\nbind_address = "127.0.0.1"\nport = 8080\n',
         'top level: key "http_server": tmkms\'s HTTP API for adding chains at runtime (no '
         "authentication, open to any web page) is not supported: add the [[chain]], provider "
-        "and [[validator]] sections to this file instead",
+        "and [[validator]] sections to this file and reload (systemctl reload, or kill -HUP the "
+        "tmkms process)",
     ),
     (
         "prometheus-section",

@@ -31,7 +31,7 @@ from kms.config.providers import choice, parse_providers, section_list
 from kms.errors import ConfigError
 from kms.keys.bech32 import bech32_encode
 from kms.protocol.version import ProtocolVersion
-from kms.transport.address import parse_address
+from kms.transport.address import parse_address, parse_listen_address
 
 CONFIG_ENV_VAR = "TMKMS_CONFIG_FILE"
 CONFIG_FILE_NAME = "tmkms.toml"
@@ -43,7 +43,7 @@ UNSUPPORTED_SECTIONS = {
     "is not supported: remove the section and sign transactions with a separate tool",
     "http_server": "tmkms's HTTP API for adding chains at runtime (no authentication, open "
     "to any web page) is not supported: add the [[chain]], provider and [[validator]] "
-    "sections to this file instead",
+    "sections to this file and reload (systemctl reload, or kill -HUP the tmkms process)",
     "prometheus": 'not supported: write [metrics] with bind_address = "host:port" instead',
 }
 # `protocol_version` values older tmkms releases accepted, and what to do instead.
@@ -308,9 +308,10 @@ def _metrics(raw: Any, top: Table, file: Path) -> MetricsConfig:
     if not table.has(key):
         raise table.error(key, "missing required key (host:port such as 127.0.0.1:9181)")
     laddr = table.string(key)
-    host, colon, port = laddr.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise table.error(key, f"expected host:port such as 127.0.0.1:9181, got {describe(laddr)}")
+    try:
+        parse_listen_address(laddr)
+    except ValueError as exc:
+        raise table.error(
+            key, f"expected host:port such as 127.0.0.1:9181, got {describe(laddr)}"
+        ) from exc
     return MetricsConfig(laddr=laddr)
