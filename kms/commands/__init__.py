@@ -6,8 +6,10 @@ order, and adds its parsers to ``subparsers``. Each leaf parser sets a handler w
 ``parser.set_defaults(handler=fn)`` where ``fn(args: argparse.Namespace) -> int`` returns the
 exit code and raises :class:`kms.errors.KmsError` for failures (the CLI prints it as one
 ``error: ...`` line and maps its class to an exit code). Import heavy dependencies inside the
-handler, so that `tmkms start` never pays for `tmkms yubihsm`. A new group (``yubihsm``,
-``state``, ...) is a new module here; nothing else needs to change.
+handler, so that `tmkms start` never pays for `tmkms yubihsm`. A new group (``state``, ...)
+is a new module here, or a package when it has several modules (``yubihsm``: its
+``__init__`` defines ``add_commands``, its other modules are not commands); nothing else
+needs to change.
 """
 
 from __future__ import annotations

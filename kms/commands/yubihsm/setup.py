@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kms.commands import status_ok
-from kms.commands.yubihsm_common import (
+from kms.commands.yubihsm.common import (
     CLI_IO_TIMEOUT,
     apply_verbose,
     device_serial,

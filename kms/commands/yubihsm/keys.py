@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kms.commands import status_err, status_ok
-from kms.commands.yubihsm_common import (
+from kms.commands.yubihsm.common import (
     device_serial,
     hsm_connection,
     on_hsm,

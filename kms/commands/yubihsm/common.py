@@ -1,7 +1,7 @@
 """What the `tmkms yubihsm` commands share: the config section, the HSM session, output.
 
 Kept free of heavy imports (the ``yubihsm`` library loads inside the functions), because
-every module of :mod:`kms.commands` is imported whenever the command line is parsed.
+this package, and every module it imports, is loaded whenever the command line is parsed.
 """
 
 from __future__ import annotations
