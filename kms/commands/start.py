@@ -40,7 +40,7 @@ def add_commands(subparsers: Subparsers) -> None:
         metavar="ADDR",
         type=_metrics_laddr,
         help="serve Prometheus /metrics, /healthz and /readyz on ADDR (host:port); "
-        "overrides [metrics] laddr",
+        "overrides [metrics] bind_address",
     )
     parser.set_defaults(handler=run)
 
