@@ -1,7 +1,7 @@
 """Software signers: keys held in this process's memory (tmkms's "softsign" provider).
 
-Both sign in-process without a thread: an Ed25519 signature costs tens of microseconds and
-a secp256k1 one about as much, far less than handing work to a thread. Loading key files is
+Both sign in-process without a thread: a software signature costs far less than handing
+work to a thread and back. Loading key files is
 ``kms.keys``'s job; these classes receive key material that is already decoded.
 """
 

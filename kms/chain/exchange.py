@@ -4,8 +4,7 @@ The state file's durable save swaps a freshly written and fsync'd spare file wit
 file instead of renaming a new temp file over it. Both inodes live on: the next save
 overwrites the old one in place, so no save allocates an inode or frees one (whose blocks a
 ``discard`` mount would then trim), and the fsync of a file whose blocks already exist is
-cheaper. Measured on this project's ext4 machines: 0.30-0.34 ms per durable save instead of
-0.41-0.43 ms.
+cheaper (figures in benchmarks/README.md).
 
 Where the call or the filesystem does not offer the exchange (no ``renameat2`` in the C
 library, ENOSYS, EINVAL, EOPNOTSUPP, a seccomp filter's EPERM), :func:`rename_exchange` says

@@ -57,8 +57,7 @@ def read_state(path: Path) -> SignState | None:
         raise StateError(f"cannot read state file {path}: {exc.strerror or exc}") from exc
     if not data.strip():
         raise StateError(
-            f"cannot parse state file {path}: it is empty (truncated?); "
-            "refusing to start from zero"
+            f"cannot parse state file {path}: it is empty (truncated?); refusing to start from zero"
         )
     try:
         return parse_state(data)
@@ -309,10 +308,10 @@ def _sync_temps(
 ) -> None:
     """Phase 2 of every written temp file, the fsyncs running side by side.
 
-    One after another, each fsync waited for its own journal commit and disk cache flush
-    (12 files: 1.7 ms at the median, 7 ms at p99 here); side by side the filesystem and
-    the disk merge them (0.6 ms and 0.8-1.3 ms). A failed item gets its StateError (temp
-    removed); anything else is raised once every fsync has returned.
+    One after another, each fsync waits for its own journal commit and disk cache flush;
+    side by side the filesystem and the disk merge them (figures in benchmarks/README.md).
+    A failed item gets its StateError (temp removed); anything else is raised once every
+    fsync has returned.
     """
     pending = [index for index, temp in enumerate(temps) if temp is not None]
 

@@ -1,10 +1,9 @@
 """Where durable state writes run: inline when the process is idle, else batched in a thread.
 
-A state write blocks for one fsync of the file and one of its folder (about 0.4 ms on this
-project's machines). Handing it to a worker thread keeps the event loop free for the other
-chains, but the thread round trip costs more than the rest of the request's work (measured
-in the end-to-end benchmark: 0.2 ms per signature, a third of the whole latency). So the
-writer decides per write:
+A state write blocks for one fsync of the file and one of its folder. Handing it to a
+worker thread keeps the event loop free for the other chains, but the thread round trip
+costs more than the rest of the request's work (a large share of a signature's whole
+latency; figures in benchmarks/README.md). So the writer decides per write:
 
 - inline, when no other chain has written in the last few milliseconds, no threaded write is
   in flight and no other task is waiting to run: blocking the loop then delays nobody who
@@ -20,10 +19,9 @@ the saves of other chains queue, and the next batch takes them all in one thread
 (:func:`kms.chain.store.save_all`: every temp file written and fsync'd, then each renamed,
 then one fsync per folder). The thread round trip and the folder fsync are paid once per
 batch instead of once per signature, and the first fsync's journal commit carries the other
-files' data. Measured with 50 chains signing flat out (batches of ~25): about 0.28 ms of
-worker time per save, the KMS process's CPU down from ~95% to ~65% of a core, and 1,900 to
-2,200 signatures/s instead of 1,150 to 1,350. Each caller still gets exactly its own file's
-guarantee, and its own error.
+files' data: with many chains signing at once, less worker time per save, less CPU, and
+more signatures per second than one thread call per save (figures in benchmarks/README.md).
+Each caller still gets exactly its own file's guarantee, and its own error.
 
 Either way the write has finished, durably, before :meth:`StateWriter.run` returns. A save
 that has joined the queue is never abandoned: its caller waits for it even if cancelled
@@ -48,9 +46,10 @@ from kms.errors import StateError
 
 T = TypeVar("T")
 
-# seconds; an inline write slower than this is a disk stall. Healthy virtual disks here
-# take 5-10 ms for one fsync in a few thousand: at 5 ms, one such hiccup sent a lone chain's
-# writes through threads (+0.35 ms each) for the whole cool-down.
+# seconds; an inline write slower than this is a disk stall. Healthy disks have rare fsyncs
+# of several milliseconds: a threshold close to those sent a lone chain's writes through
+# threads (each paying the round trip) for a whole cool-down after one such hiccup
+# (figures in benchmarks/README.md).
 SLOW_WRITE = 0.050
 BUSY_WINDOW = 0.005  # seconds; another chain's write this recent means chains are concurrent
 COOL_DOWN = 30.0  # seconds of threaded writes after a stall
@@ -174,8 +173,8 @@ class StateWriter:
     async def _lead(self) -> None:
         """Write every queued item in one thread call; wake their callers.
 
-        One batch at a time: measured with 50 chains, letting a second batch start while one
-        is being written only made the batches smaller (and the thread round trips more).
+        One batch at a time: with many chains, letting a second batch start while one is
+        being written only made the batches smaller (and the thread round trips more).
         """
         batch, self._queue = self._queue, []
         for item in batch:

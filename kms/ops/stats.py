@@ -1,7 +1,8 @@
 """What the KMS counts while it runs: plain Python numbers, cheap to bump on the sign path.
 
-Recording is a handful of integer increments and one ``bisect`` per latency phase (well
-under a microsecond per signature; see tests/test_metrics_overhead.py). Nothing here needs
+Recording is a handful of integer increments and one ``bisect`` per latency phase, so the
+sign path does not notice it (tests/test_metrics_overhead.py holds it to a budget; figures
+in benchmarks/README.md). Nothing here needs
 ``prometheus-client``: :mod:`kms.ops.exposition` reads these objects only when ``/metrics``
 is scraped, so a KMS without ``[metrics]`` pays nothing for the library.
 

@@ -6,7 +6,8 @@ nonce is four zero bytes and a 64-bit little-endian counter that starts at 0 and
 one after every frame; each direction has its own key and counter.
 
 Pure functions and two tiny classes; no I/O. The AEAD is ``cryptography``'s
-ChaCha20Poly1305 (measured at about twice the speed of PyNaCl's binding for 1 KiB frames).
+ChaCha20Poly1305, faster than PyNaCl's binding for frames of this size (figures in
+benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ thin framing over STROBE-128, which is a duplex construction over Keccak-f[1600]
 STROBE operations are needed here: meta-AD, AD and PRF (no keys, no transport directions).
 
 This module exists because the PyPI ``merlin-transcripts`` package runs the permutation
-byte-by-byte and costs about 1.4 ms per challenge; this one absorbs whole slices, runs a
-table-driven permutation on 64-bit lanes and starts every transcript from a precomputed
-state (about 0.35 ms per challenge). The tests check it against the published Merlin
-vectors, against that package on random inputs, and the permutation against hashlib's SHA3.
+byte-by-byte, which makes the challenge a large part of a handshake's cost; this one
+absorbs whole slices, runs a table-driven permutation on 64-bit lanes and starts every
+transcript from a precomputed state, several times faster (benchmarks/bench_transport.py
+compares the two). The tests check it against the published Merlin vectors, against that
+package on random inputs, and the permutation against hashlib's SHA3.
 """
 
 from __future__ import annotations

@@ -54,9 +54,10 @@ def load_signers(
             raise SignerError(f"error connecting to YubiHSM2: {exc}") from exc
         except HsmCommandError as exc:
             raise SignerError(f"cannot read YubiHSM key 0x{key.key:04x}: {exc}") from exc
-        expected = SECP256K1 if key.type == "account" else ED25519
+        account = key.type == "account"
+        expected = SECP256K1 if account else ED25519
         public_key = expected.public_key(algorithm, raw, key.key)
-        signers.append((YubiHsmSigner(device, key.key, public_key, expected), key.type == "account"))
+        signers.append((YubiHsmSigner(device, key.key, public_key, expected), account))
     return signers
 
 
