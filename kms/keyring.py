@@ -39,6 +39,10 @@ def build_registry(config: KmsConfig, metrics: KmsMetrics | None = None) -> Regi
             from providers.yubihsm import open_yubihsm
 
             _add(registry, config, open_yubihsm(config.yubihsm, metrics.provider("yubihsm")))
+        if config.pkcs11 is not None:
+            from providers.pkcs11 import open_pkcs11
+
+            _add(registry, config, open_pkcs11(config.pkcs11, metrics.provider("pkcs11")))
     except BaseException:
         registry.close()
         raise

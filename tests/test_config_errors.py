@@ -202,7 +202,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "unknown-provider",
         CHAIN + "[[providers.hsm]]\nslot = 1\n",
-        '[providers]: key "hsm": unknown key (expected one of: softsign, yubihsm)',
+        '[providers]: key "hsm": unknown key (expected one of: softsign, yubihsm, pkcs11)',
     ),
     # --- [[providers.softsign]] ---
     (

@@ -22,12 +22,13 @@ from kms.config.model import (
     KeyFormat,
     KmsConfig,
     MetricsConfig,
+    Pkcs11Config,
     SoftsignConfig,
     StateHook,
     ValidatorConfig,
     YubihsmConfig,
 )
-from kms.config.providers import choice, parse_providers, section_list
+from kms.config.providers import choice, parse_pkcs11, parse_providers, section_list
 from kms.errors import ConfigError
 from kms.keys.bech32 import bech32_encode
 from kms.protocol.version import ProtocolVersion
@@ -89,7 +90,8 @@ def config_from_dict(doc: dict[str, Any], file: Path, base: Path) -> KmsConfig:
     if providers_raw is not None and not isinstance(providers_raw, dict):
         raise top.error("providers", f"expected a table [providers], got {describe(providers_raw)}")
     softsign, yubihsm = parse_providers(providers_raw, file, base)
-    consensus = _check_key_owners(chains, softsign, yubihsm, file)
+    pkcs11 = parse_pkcs11(providers_raw, file, base)
+    consensus = _check_key_owners(chains, softsign, yubihsm, file, pkcs11)
     validators = tuple(
         _validator(
             Table(raw, _labelled(file, "validator", n, raw, "chain_id")), chains, consensus, base
@@ -106,6 +108,7 @@ def config_from_dict(doc: dict[str, Any], file: Path, base: Path) -> KmsConfig:
         yubihsm=yubihsm,
         validators=validators,
         metrics=metrics,
+        pkcs11=pkcs11,
     )
 
 
@@ -189,6 +192,7 @@ def _check_key_owners(
     softsign: tuple[SoftsignConfig, ...],
     yubihsm: YubihsmConfig | None,
     file: Path,
+    pkcs11: Pkcs11Config | None = None,
 ) -> dict[str, str]:
     """Keys must name known chains, one consensus and one account key per chain at most.
 
@@ -203,6 +207,11 @@ def _check_key_owners(
         entries += [
             ("[[providers.yubihsm]] #1", f"keys[{i}].chain_ids", k.type, k.chain_ids)
             for i, k in enumerate(yubihsm.keys)
+        ]
+    if pkcs11 is not None:
+        entries += [
+            ("[[providers.pkcs11]] #1", f"keys[{i}].chain_ids", k.type, k.chain_ids)
+            for i, k in enumerate(pkcs11.keys)
         ]
     for label, key, role, chain_ids in entries:
         section = Section(file, label)

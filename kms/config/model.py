@@ -101,6 +101,33 @@ class YubihsmConfig:
 
 
 @attrs.frozen
+class Pkcs11KeyConfig:
+    """One entry of `keys = [...]` in `[[providers.pkcs11]]`: found by `label`, `id` or both."""
+
+    chain_ids: tuple[str, ...]
+    label: str | None = None
+    id: bytes | None = None
+    type: Literal["consensus"] = "consensus"
+
+
+@attrs.frozen(repr=False)
+class Pkcs11Config:
+    """The (single) `[[providers.pkcs11]]` section: a token of a PKCS#11 module."""
+
+    module: Path
+    token_label: str | None = None
+    slot: int | None = None
+    pin: str | None = None
+    pin_file: Path | None = None
+    keys: tuple[Pkcs11KeyConfig, ...] = ()
+
+    def __repr__(self) -> str:
+        token = f"token_label={self.token_label!r}" if self.slot is None else f"slot={self.slot}"
+        pin = "pin=<redacted>" if self.pin is not None else f"pin_file={self.pin_file!r}"
+        return f"Pkcs11Config(module={self.module!r}, {token}, {pin}, keys={self.keys!r})"
+
+
+@attrs.frozen
 class ValidatorConfig:
     """One `[[validator]]` section: a CometBFT node to dial and serve."""
 
@@ -134,6 +161,7 @@ class KmsConfig:
     yubihsm: YubihsmConfig | None = None
     validators: tuple[ValidatorConfig, ...] = ()
     metrics: MetricsConfig | None = None
+    pkcs11: Pkcs11Config | None = None
 
     def chain(self, chain_id: str) -> ChainConfig:
         """The `[[chain]]` with this ID; KeyError if there is none."""

@@ -14,6 +14,8 @@ from kms.config._toml import Section, Table, describe
 from kms.config.ids import chain_id_list
 from kms.config.model import (
     DEFAULT_USB_TIMEOUT_MS,
+    Pkcs11Config,
+    Pkcs11KeyConfig,
     SoftsignConfig,
     YubihsmAdapter,
     YubihsmAuth,
@@ -51,7 +53,7 @@ def parse_providers(
     if raw is None:
         return (), None
     providers = Table(raw, Section(file, "[providers]"))
-    providers.allow(["softsign", "yubihsm"], unsupported=UNSUPPORTED_PROVIDERS)
+    providers.allow(["softsign", "yubihsm", "pkcs11"], unsupported=UNSUPPORTED_PROVIDERS)
     softsign = tuple(
         _softsign(Table(item, Section(file, f"[[providers.softsign]] #{n}")), base)
         for n, item in enumerate(section_list(providers, "softsign", "providers.softsign"), 1)
@@ -152,3 +154,80 @@ def _key(table: Table) -> YubihsmKeyConfig:
         key=table.integer("key", **_OBJECT_ID),
         type=choice(table, "type", ("consensus", "account"), "consensus"),
     )
+
+
+_PKCS11_LABEL_BYTES = 32  # CK_TOKEN_INFO.label
+_SLOT_ID_MAX = 2**63 - 1
+
+
+def parse_pkcs11(raw: Any, file: Path, base: Path) -> Pkcs11Config | None:
+    """The `[[providers.pkcs11]]` section of the `[providers]` table ``raw``, if any."""
+    if not isinstance(raw, dict):
+        return None
+    providers = Table(raw, Section(file, "[providers]"))
+    items = section_list(providers, "pkcs11", "providers.pkcs11")
+    if len(items) > 1:
+        raise providers.error(
+            "pkcs11", f"only one [[providers.pkcs11]] section is allowed, found {len(items)}"
+        )
+    if not items:
+        return None
+    return _pkcs11(Table(items[0], Section(file, "[[providers.pkcs11]] #1")), base)
+
+
+def _pkcs11(table: Table, base: Path) -> Pkcs11Config:
+    table.allow(["module", "token_label", "slot", "pin", "pin_file", "keys"])
+    module = table.path("module", base)
+    token_label = table.string("token_label", None)
+    if token_label is not None and len(token_label.encode()) > _PKCS11_LABEL_BYTES:
+        raise table.error("token_label", "a PKCS#11 token label has at most 32 bytes")
+    slot = table.integer("slot", None, low=0, high=_SLOT_ID_MAX)
+    if (token_label is None) == (slot is None):
+        raise table.error(
+            "token_label" if slot is None else "slot", "give exactly one of token_label or slot"
+        )
+    pin = _pkcs11_pin(table)
+    pin_file = table.path("pin_file", base, None)
+    if (pin is None) == (pin_file is None):
+        raise table.error(
+            "pin_file" if pin is None else "pin", "give exactly one of pin or pin_file"
+        )
+    keys = tuple(_pkcs11_key(item) for item in table.table_list("keys"))
+    return Pkcs11Config(
+        module=module, token_label=token_label, slot=slot, pin=pin, pin_file=pin_file, keys=keys
+    )
+
+
+def _pkcs11_pin(table: Table) -> str | None:
+    """``pin``, checked without ever echoing its value."""
+    if not table.has("pin"):
+        return None
+    value = table.data["pin"]
+    if not isinstance(value, str) or not value:
+        raise table.error("pin", f"expected a non-empty string, got {describe(value, secret=True)}")
+    register_secret(value)
+    return value
+
+
+def _pkcs11_key(table: Table) -> Pkcs11KeyConfig:
+    table.allow(["chain_ids", "label", "id", "type"])
+    chain_ids = chain_id_list(table, "chain_ids")
+    label = table.string("label", None)
+    text = table.string("id", None)
+    key_id = None
+    if text is not None:
+        digits = text.removeprefix("0x")
+        if len(digits) % 2 or not re.fullmatch(r"[0-9A-Fa-f]+", digits):
+            raise table.error(
+                "id", f'expected the CKA_ID as hex digits such as "01", got {describe(text)}'
+            )
+        key_id = bytes.fromhex(digits)
+    if label is None and key_id is None:
+        raise table.error("label", "missing required key: give label or id (or both)")
+    if choice(table, "type", ("consensus", "account"), "consensus") == "account":
+        raise table.error(
+            "type",
+            "account keys are not supported by [[providers.pkcs11]]: keep the account key "
+            "in [[providers.softsign]] or [[providers.yubihsm]]",
+        )
+    return Pkcs11KeyConfig(chain_ids=chain_ids, label=label, id=key_id)
