@@ -182,8 +182,8 @@ class Endpoint:
             try:
                 event = conn.h11.next_event()
             except h11.RemoteProtocolError:
-                if eof and (status or not head):  # a reply cut short by the end of the stream
-                    raise _Closed from None
+                if eof and (status or b"HTTP/".startswith(head[:5])):
+                    raise _Closed from None  # an HTTP reply cut short by the end of the stream
                 raise
             if event is h11.NEED_DATA:
                 data = bytes(await conn.stream.receive_some(_RECEIVE))

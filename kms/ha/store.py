@@ -17,8 +17,9 @@ signature) after one ERROR line naming the chain and the cause, and one observer
   rule (the watermark forbids it, and this process wrote it: an abandoned txn applied
   late), malformed (the key holds no watermark), auth, tls, protocol.
 
-Unreachable and unavailable are retried (briefly backing off) until the timeout; the rest
-end the attempt at once: another try would meet the same answer.
+Unreachable, unavailable and protocol errors are retried (briefly backing off, the client
+moving on to the next member) until the timeout; auth and TLS errors end the attempt at
+once: another try would meet the same answer.
 
 First contact (:meth:`reconcile`, also run lazily by the first ``save``) brings the two
 states together: a missing key is created from the local state, a watermark behind it is
@@ -54,7 +55,9 @@ T = TypeVar("T")
 
 RETRY_INITIAL = 0.01  # seconds between attempts while etcd is unreachable or leaderless
 RETRY_CAP = 0.1
-_TRANSIENT = (EtcdCause.UNREACHABLE, EtcdCause.UNAVAILABLE)
+# Worth another try within the timeout (maybe at another member): a broken connection, no
+# leader, a garbled or cut reply. Refused auth or TLS would only be refused again.
+_TRANSIENT = (EtcdCause.UNREACHABLE, EtcdCause.UNAVAILABLE, EtcdCause.PROTOCOL)
 
 
 class CasObserver(Protocol):
@@ -279,6 +282,8 @@ class SharedWatermarkStore:
                 "they are; requests are checked against both",
                 chain, done.shared, done.writer, done.local,
             )  # fmt: skip
+        elif action is ReconcileAction.CREATE:
+            log.info("[%s] shared watermark created at %s", chain, done.shared)
         elif action is not ReconcileAction.UNCHANGED:
             log.warning(
                 "[%s] shared watermark %s: local %s, shared %s (by %s)",
