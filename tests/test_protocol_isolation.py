@@ -38,4 +38,12 @@ def test_protocol_modules_import_neither_trio_nor_betterproto() -> None:
     )
     assert result.returncode == 0, result.stderr
     imported = set(result.stdout.strip().split(","))
-    assert {"codec", "connection", "delimited", "messages", "signbytes", "wire", "varint"} <= imported
+    assert {
+        "codec",
+        "connection",
+        "delimited",
+        "messages",
+        "signbytes",
+        "wire",
+        "varint",
+    } <= imported
