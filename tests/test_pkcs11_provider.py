@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,19 @@ import pytest
 from nacl.signing import SigningKey, VerifyKey
 
 from kms.config import config_from_dict
-from kms.config.model import Pkcs11Config
 from kms.errors import ConfigError, KeyFileError, KmsError, SignerError
 from kms.keyring import build_registry
 from kms.keys import format_public_key
 from kms.ops import KmsMetrics
 from kms.service import Service
-from providers import OpenedProvider
-from providers.pkcs11 import Pkcs11Ed25519Signer, open_pkcs11
+from providers.pkcs11 import Pkcs11Ed25519Signer
 from providers.pkcs11.provider import open_connection
 from tests.support.softhsm import (
     SoftHsm,
+    document,
     module_initialized,
+    opened,
+    pkcs11_section,
     private_softhsm,
     public_key_of,
     put_ed25519,
@@ -38,61 +38,11 @@ from tests.support.softhsm import (
 )
 
 MESSAGE = b"\x70canonical vote sign bytes" + bytes(100)
-BECH32 = {
-    "type": "bech32",
-    "account_key_prefix": "cosmospub",
-    "consensus_key_prefix": "cosmosvalconspub",
-}
 
 
 @pytest.fixture
 def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SoftHsm]:
     yield from private_softhsm(tmp_path, monkeypatch)
-
-
-class Health:
-    """A ProviderHealth that remembers what it was told."""
-
-    def __init__(self) -> None:
-        self.reports: list[tuple[bool, str | None]] = []
-        self.sources: list[Any] = []
-
-    def set_reachable(self, reachable: bool, reason: str | None = None) -> None:
-        self.reports.append((reachable, reason))
-
-    def count_session_reopens_from(self, source: Any) -> None:
-        self.sources.append(source)
-
-
-def document(
-    hsm: SoftHsm, keys: list[dict[str, Any]], chains: tuple[str, ...] = ("hsm-1",), **section: Any
-) -> dict[str, Any]:
-    """A parsed tmkms.toml with ``chains`` and one `[[providers.pkcs11]]` on ``hsm``."""
-    provider: dict[str, Any] = {"module": str(hsm.module), "token_label": hsm.label}
-    if "pin_file" not in section:
-        provider["pin"] = hsm.pin
-    provider.update(section, keys=keys)
-    return {
-        "chain": [{"id": chain, "key_format": BECH32} for chain in chains],
-        "providers": {"pkcs11": [provider]},
-    }
-
-
-def section(hsm: SoftHsm, keys: list[dict[str, Any]], **extra: Any) -> Pkcs11Config:
-    chains = tuple(sorted({c for key in keys for c in key["chain_ids"]})) or ("hsm-1",)
-    config = config_from_dict(document(hsm, keys, chains, **extra), Path("tmkms.toml"), Path.cwd())
-    assert config.pkcs11 is not None
-    return config.pkcs11
-
-
-@contextmanager
-def opened(config: Pkcs11Config, health: Health | None = None) -> Iterator[OpenedProvider]:
-    provider = open_pkcs11(config, health or Health())
-    try:
-        yield provider
-    finally:
-        if provider.close is not None:
-            provider.close()
 
 
 async def test_keys_sign_with_the_tokens_keys(softhsm: SoftHsm) -> None:
@@ -110,7 +60,7 @@ async def test_keys_sign_with_the_tokens_keys(softhsm: SoftHsm) -> None:
         {"chain_ids": ["imp-1"], "label": "imported", "id": "02"},
         {"chain_ids": ["id-1"], "id": "abcd", "type": "consensus"},
     ]
-    with opened(section(softhsm, keys)) as provider:
+    with opened(pkcs11_section(softhsm, keys)) as provider:
         signers = {key.chain_ids[0]: key.signer for key in provider.keys}
         assert provider.name == "pkcs11" and len(signers) == 3
         for chain, label in (("gen-1", "generated"), ("imp-1", "imported"), ("id-1", "by-id")):
@@ -152,7 +102,7 @@ def test_startup_registers_the_keys_and_logs_them(
 def test_close_logs_out_and_finalises(softhsm: SoftHsm) -> None:
     with softhsm.session() as session:
         put_ed25519(session, "validator", b"\x01")
-    with opened(section(softhsm, [{"chain_ids": ["hsm-1"], "label": "validator"}])):
+    with opened(pkcs11_section(softhsm, [{"chain_ids": ["hsm-1"], "label": "validator"}])):
         assert module_initialized(softhsm.module)
     assert not module_initialized(softhsm.module)
     with softhsm.session() as session:  # a fresh login works: nobody is logged in any more
@@ -160,7 +110,7 @@ def test_close_logs_out_and_finalises(softhsm: SoftHsm) -> None:
 
 
 def _startup_error(hsm: SoftHsm, keys: list[dict[str, Any]], **extra: Any) -> KmsError:
-    config = section(hsm, keys, **extra)
+    config = pkcs11_section(hsm, keys, **extra)
     with pytest.raises(KmsError) as caught, opened(config):
         pass
     error = caught.value
@@ -230,7 +180,7 @@ async def test_pin_file_may_end_with_one_newline(
     pin_file = tmp_path / "pin"
     pin_file.write_text(softhsm.pin + ending)
     pin_file.chmod(0o600)
-    config = section(
+    config = pkcs11_section(
         softhsm, [{"chain_ids": ["hsm-1"], "label": "validator"}], pin_file=str(pin_file)
     )
     with opened(config) as provider:
@@ -243,9 +193,9 @@ def test_pin_file_problems_are_key_file_errors(softhsm: SoftHsm, tmp_path: Path)
     empty = tmp_path / "empty"
     empty.write_text("\n")
     with pytest.raises(KeyFileError, match="PIN file is empty"):
-        open_connection(section(softhsm, keys, pin_file=str(empty)))
+        open_connection(pkcs11_section(softhsm, keys, pin_file=str(empty)))
     with pytest.raises(KeyFileError, match="cannot read PKCS#11 PIN file"):
-        open_connection(section(softhsm, keys, pin_file=str(tmp_path / "missing")))
+        open_connection(pkcs11_section(softhsm, keys, pin_file=str(tmp_path / "missing")))
     two_lines = tmp_path / "two"
     two_lines.write_text(softhsm.pin + "\n\n")
     two_lines.chmod(0o600)
@@ -256,7 +206,9 @@ def test_pin_file_problems_are_key_file_errors(softhsm: SoftHsm, tmp_path: Path)
 async def test_a_signature_that_does_not_verify_is_never_returned(softhsm: SoftHsm) -> None:
     with softhsm.session() as session:
         put_ed25519(session, "validator", b"\x01")
-    with opened(section(softhsm, [{"chain_ids": ["hsm-1"], "label": "validator"}])) as provider:
+    with opened(
+        pkcs11_section(softhsm, [{"chain_ids": ["hsm-1"], "label": "validator"}])
+    ) as provider:
         good = provider.keys[0].signer
         assert isinstance(good, Pkcs11Ed25519Signer)
         wrong = bytes(SigningKey.generate().verify_key)
@@ -271,7 +223,7 @@ def test_the_pin_stays_out_of_reprs_and_logs(
 ) -> None:
     with softhsm.session() as session:
         put_ed25519(session, "validator", b"\x01")
-    config = section(softhsm, [{"chain_ids": ["hsm-1"], "label": "validator"}])
+    config = pkcs11_section(softhsm, [{"chain_ids": ["hsm-1"], "label": "validator"}])
     with caplog.at_level(logging.DEBUG):
         connection = open_connection(config)
         with opened(config) as provider:

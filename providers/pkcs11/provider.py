@@ -22,10 +22,11 @@ from functools import partial
 import nacl.exceptions
 import nacl.signing
 
+from kms.backoff import Backoff
 from kms.config.model import Pkcs11Config
 from kms.errors import ConfigError, KeyFileError
 from providers import OpenedProvider, ProviderHealth, ProviderKey
-from providers.pkcs11.device import Pkcs11Device
+from providers.pkcs11.device import DEFAULT_DEADLINE, Pkcs11Device
 from providers.pkcs11.errors import Pkcs11PinRejected, Pkcs11Timeout
 from providers.pkcs11.module import read_pin
 from providers.pkcs11.objects import KeySelector
@@ -59,11 +60,18 @@ def open_connection(config: Pkcs11Config) -> TokenConnection:
     )
 
 
-def open_pkcs11(config: Pkcs11Config, health: ProviderHealth) -> OpenedProvider:
+def open_pkcs11(
+    config: Pkcs11Config,
+    health: ProviderHealth,
+    *,
+    deadline: float = DEFAULT_DEADLINE,
+    backoff: Backoff | None = None,
+) -> OpenedProvider:
     """Log in and load every `keys = [...]` entry (blocking); see the module docstring.
 
     ``health`` hears of the token going away and coming back, and of the sessions re-opened;
-    closing the provider logs out and finalises the module.
+    closing the provider logs out and finalises the module. ``deadline`` (seconds per
+    request) and ``backoff`` (between repairs) are for tests.
     """
     if not config.keys:
         return OpenedProvider("pkcs11")
@@ -74,7 +82,7 @@ def open_pkcs11(config: Pkcs11Config, health: ProviderHealth) -> OpenedProvider:
     except BaseException:
         _close(connection, worker)
         raise
-    device = Pkcs11Device(connection, worker)
+    device = Pkcs11Device(connection, worker, deadline=deadline, backoff=backoff)
     device.on_reachability = health.set_reachable
     health.count_session_reopens_from(lambda: connection.stats.session_reopens)
     keys = [

@@ -21,10 +21,14 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
+
+if TYPE_CHECKING:
+    from kms.config.model import Pkcs11Config
+    from providers import OpenedProvider
 
 MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -331,3 +335,67 @@ def _initialized(module: Path) -> bool:
     info = ctypes.create_string_buffer(512)
     library.C_GetInfo.restype = ctypes.c_ulong
     return int(library.C_GetInfo(info)) != CKR_CRYPTOKI_NOT_INITIALIZED
+
+
+BECH32 = {
+    "type": "bech32",
+    "account_key_prefix": "cosmospub",
+    "consensus_key_prefix": "cosmosvalconspub",
+}
+
+
+class Health:
+    """A ProviderHealth that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[bool, str | None]] = []
+        self.sources: list[Any] = []
+
+    def set_reachable(self, reachable: bool, reason: str | None = None) -> None:
+        self.reports.append((reachable, reason))
+
+    def count_session_reopens_from(self, source: Any) -> None:
+        self.sources.append(source)
+
+    @property
+    def session_reopens(self) -> int:
+        return sum(source() for source in self.sources)
+
+
+def document(
+    hsm: SoftHsm, keys: list[dict[str, Any]], chains: tuple[str, ...] = ("hsm-1",), **section: Any
+) -> dict[str, Any]:
+    """A parsed tmkms.toml with ``chains`` and one `[[providers.pkcs11]]` on ``hsm``."""
+    provider: dict[str, Any] = {"module": str(hsm.module), "token_label": hsm.label}
+    if "pin_file" not in section:
+        provider["pin"] = hsm.pin
+    provider.update(section, keys=keys)
+    return {
+        "chain": [{"id": chain, "key_format": BECH32} for chain in chains],
+        "providers": {"pkcs11": [provider]},
+    }
+
+
+def pkcs11_section(hsm: SoftHsm, keys: list[dict[str, Any]], **extra: Any) -> Pkcs11Config:
+    """The `[[providers.pkcs11]]` section on ``hsm``, through the real config parser."""
+    from kms.config import config_from_dict
+
+    chains = tuple(sorted({c for key in keys for c in key["chain_ids"]})) or ("hsm-1",)
+    config = config_from_dict(document(hsm, keys, chains, **extra), Path("tmkms.toml"), Path.cwd())
+    assert config.pkcs11 is not None
+    return config.pkcs11
+
+
+@contextmanager
+def opened(
+    config: Pkcs11Config, health: Health | None = None, **options: Any
+) -> Iterator[OpenedProvider]:
+    """``open_pkcs11(config, ...)``, closed afterwards."""
+    from providers.pkcs11 import open_pkcs11
+
+    provider = open_pkcs11(config, health or Health(), **options)
+    try:
+        yield provider
+    finally:
+        if provider.close is not None:
+            provider.close()
