@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from kms.config._toml import Table, describe
+from kms.config.tables import Table, describe
 
 MAX_CHAIN_ID_LENGTH = 50
 _CHAIN_ID = re.compile(r"^[A-Za-z0-9._-]+$")
