@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from kms.config._toml import Section, Table, describe, quote
+from kms.config.tables import Section, Table, describe, quote
 from kms.config.ids import chain_id
 from kms.config.model import (
     DEFAULT_HOOK_TIMEOUT,

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kms.config._toml import Section, Table, describe
+from kms.config.tables import Section, Table, describe
 from kms.config.ids import chain_id_list
 from kms.config.model import (
     DEFAULT_USB_TIMEOUT_MS,
