@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 import trio
 
-from kms.ha.client import EtcdClient, encode
+from kms.ha.client import EtcdClient, Secret, encode
 from kms.ha.errors import EtcdCause, EtcdError
 from kms.ha.wire import RangeResult, TxnResult, b64
 from kms.testing.chaos import chaos_proxy
@@ -287,3 +287,13 @@ async def test_every_member_failing_names_each() -> None:
 async def test_a_txn_whose_reply_is_lost_is_ambiguous() -> None:
     error = await _with_server(None, lambda client: client.txn(cas_txn(b"/k", b"v")))
     assert error.sent  # the whole request left: it may have been applied
+
+
+async def test_a_username_for_a_cluster_without_auth_is_a_clear_error(etcd: EtcdCluster) -> None:
+    async with EtcdClient(etcd.endpoints, username="kms", password=Secret("pw-4711")) as client:
+        with trio.fail_after(LIMIT), pytest.raises(EtcdError) as info:
+            await client.range(fresh_key())
+    assert info.value.cause is EtcdCause.AUTH
+    assert "authentication is not enabled" in str(info.value)
+    assert "etcd has auth disabled" in str(info.value)
+    assert "pw-4711" not in str(info.value)

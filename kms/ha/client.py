@@ -9,7 +9,8 @@ the deadline of the enclosing cancel scope (``trio.current_effective_deadline``)
 each member it still may try an equal share, so one SIGSTOPped member cannot eat a whole
 call. Without a deadline a call waits on the first member as long as it takes.
 
-Reads (range, status) are retried on the next member whatever happened: they change
+Reads (range, status) are retried on the next member whatever happened but an auth
+refusal (credentials and permissions are the cluster's, not a member's): they change
 nothing. A txn is not: once it may have reached etcd (``EtcdError.sent``), the error goes
 back to the caller, who knows whether re-sending the identical txn is right (the shared
 watermark's check-and-set does exactly that to resolve an ambiguous outcome), and the
@@ -179,8 +180,8 @@ class EtcdClient:
                 endpoint.drop_idle()
                 if targets is None:
                     self._current = (index + 1) % len(members)
-                if exc.sent and not idempotent:
-                    raise
+                if (exc.sent and not idempotent) or exc.cause is EtcdCause.AUTH:
+                    raise  # may have applied; or credentials, which every member shares
                 continue
             if targets is None:
                 self._current = index

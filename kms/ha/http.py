@@ -183,7 +183,7 @@ class Endpoint:
                 event = conn.h11.next_event()
             except h11.RemoteProtocolError:
                 if eof and (status or b"HTTP/".startswith(head[:5])):
-                    raise _Closed from None  # an HTTP reply cut short by the end of the stream
+                    raise _Closed(bool(head)) from None  # an HTTP reply cut short
                 raise
             if event is h11.NEED_DATA:
                 data = bytes(await conn.stream.receive_some(_RECEIVE))
@@ -203,7 +203,7 @@ class Endpoint:
             elif isinstance(event, h11.EndOfMessage):
                 return Reply(status, content_type, bytes(body))
             elif isinstance(event, h11.ConnectionClosed):
-                raise _Closed
+                raise _Closed(bool(head) or bool(status))
             # h11.InformationalResponse (100 Continue): keep reading
 
     def _error(self, exc: Exception, sent: bool) -> EtcdError:
@@ -215,6 +215,8 @@ class Endpoint:
             cause, why = EtcdCause.TLS, f"TLS failed: {_tls_reason(root)}"
         elif isinstance(exc, _Closed):
             cause, why = EtcdCause.UNREACHABLE, "the connection closed before a full reply"
+            if not exc.args[0] and self._ssl is None:
+                why += " (not a byte came back: a TLS-only endpoint? then use https://)"
         elif isinstance(exc, _TooLarge):
             cause, why = EtcdCause.PROTOCOL, f"reply larger than {MAX_REPLY} bytes: not etcd?"
         elif isinstance(exc, h11.ProtocolError):

@@ -78,6 +78,7 @@ class ClusterTls:
     key_file: Path
     client_ca_file: Path | None = None  # set: clients must present a certificate it signed
     ca_file: Path | None = None  # the CA the helpers trust for the members' certificate
+    helper_cert: tuple[Path, Path] | None = None  # the helpers' client certificate and key
 
 
 @attrs.define(eq=False)
@@ -243,9 +244,10 @@ class EtcdCluster:
         if not member.running or member.stopped:
             return None
         try:
-            return self.post(index, "/v3/maintenance/status", {}, timeout=timeout)
+            reply = self.post(index, "/v3/maintenance/status", {}, timeout=timeout)
         except (OSError, ValueError, http.client.HTTPException):
             return None
+        return reply if "header" in reply else None  # an error reply: not serving yet
 
     def leader(self) -> int | None:
         """Index of the member the answering members agree is the leader, or None."""
@@ -300,9 +302,12 @@ class EtcdCluster:
         """POST JSON to member ``index`` with http.client; the decoded JSON reply."""
         member = self.members[index]
         if member.scheme == "https":
+            assert self._tls is not None
             context = ssl.create_default_context(
-                cafile=str(self._tls.ca_file) if self._tls and self._tls.ca_file else None
+                cafile=str(self._tls.ca_file) if self._tls.ca_file else None
             )
+            if self._tls.helper_cert is not None:
+                context.load_cert_chain(*map(str, self._tls.helper_cert))
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
                 "127.0.0.1", member.client_port, timeout=timeout, context=context
             )
@@ -329,6 +334,29 @@ class EtcdCluster:
         """Store ``value`` under ``key`` unconditionally."""
         target = index if index is not None else self.wait_leader()
         self.post(target, "/v3/kv/put", {"key": b64(key), "value": b64(value)})
+
+    def enable_auth(self, user: str, password: str, prefix: str, root_password: str) -> None:
+        """Add ``root`` and ``user`` (read/write on ``prefix`` only), then enable auth."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        for path, body in [
+            ("/v3/auth/user/add", {"name": "root", "password": root_password}),
+            ("/v3/auth/role/add", {"name": "root"}),
+            ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+            ("/v3/auth/role/add", {"name": "tmkms"}),
+            (
+                "/v3/auth/role/grant",
+                {
+                    "name": "tmkms",
+                    "perm": {"permType": "READWRITE", "key": b64(prefix), "range_end": b64(end)},
+                },
+            ),
+            ("/v3/auth/user/add", {"name": user, "password": password}),
+            ("/v3/auth/user/grant", {"user": user, "role": "tmkms"}),
+            ("/v3/auth/enable", {}),
+        ]:
+            reply = self.post(self.wait_leader(), path, body)
+            if "error" in reply:
+                raise RuntimeError(f"{path}: {reply['error']}")
 
     def close(self) -> None:
         """SIGKILL every member (stopped ones too) and reap them."""
@@ -361,9 +389,9 @@ def module_cluster(
 ) -> Iterator[EtcdCluster]:
     """The body of a test module's ``etcd_cluster`` fixture (module scope)::
 
-        @pytest.fixture(scope="module")
-        def etcd_cluster(tmp_path_factory):
-            yield from module_cluster(tmp_path_factory)
+    @pytest.fixture(scope="module")
+    def etcd_cluster(tmp_path_factory):
+        yield from module_cluster(tmp_path_factory)
     """
     with running_cluster(factory.mktemp("etcd"), size, **options) as cluster:
         yield cluster
