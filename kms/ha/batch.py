@@ -16,7 +16,8 @@ txns). The outer txn has no compare, so it always takes its success branch, and 
 nested txn succeeds or fails on its own compare: one chain's lost compare does not fail
 the others. etcd refuses a txn naming a key twice, so a key already in the flush waits for
 the next one; and it refuses more than ``--max-txn-ops`` ops (128, nested ones counted),
-so a flush takes at most ``max_ops`` (halved if etcd still says "too many operations").
+so a flush takes at most ``max_ops``; when etcd still says "too many operations" (nothing
+was applied), the flush is sent again in halves and ``max_ops`` lowered to fit.
 
 An error of the flush is every op's error. Whether an op may have been applied is the
 op's caller's question (:class:`Pending.taken` says whether it was in a flush at all).
@@ -61,6 +62,7 @@ class TxnBatcher:
         self._slot_free = trio.Event()
         self.flushes = 0
         self.flushed_ops = 0
+        self.largest_flush = 0
 
     async def run(self, pending: Pending) -> RangeResult | TxnResult:
         """Send ``pending.op`` (in some flush) and return its result, or raise its EtcdError.
@@ -105,13 +107,13 @@ class TxnBatcher:
         self._flushing = True
         self.flushes += 1
         self.flushed_ops += len(batch)
+        self.largest_flush = max(self.largest_flush, len(batch))
         try:
             await self._flush(batch)
         except EtcdError as exc:
-            if "too many operations" in str(exc) and self._max_ops > 1:
-                self._max_ops //= 2
             for pending in batch:
-                pending.error = exc
+                if pending.result is None:
+                    pending.error = exc
         finally:
             self._flushing = False
             for pending in batch:
@@ -125,6 +127,19 @@ class TxnBatcher:
                 self._slot_free = trio.Event()
 
     async def _flush(self, batch: list[Pending]) -> None:
+        try:
+            await self._send(batch)
+        except EtcdError as exc:
+            if "too many operations" not in str(exc) or len(batch) == 1:
+                raise
+            # etcd refused the whole txn (nothing applied): send it in halves, and keep
+            # the next flushes within what this cluster takes
+            half = len(batch) // 2
+            self._max_ops = max(1, min(self._max_ops, half))
+            await self._flush(batch[:half])
+            await self._flush(batch[half:])
+
+    async def _send(self, batch: list[Pending]) -> None:
         if len(batch) == 1:
             op = batch[0].op
             if isinstance(op, ReadOp):

@@ -9,12 +9,12 @@ the deadline of the enclosing cancel scope (``trio.current_effective_deadline``)
 each member it still may try an equal share, so one SIGSTOPped member cannot eat a whole
 call. Without a deadline a call waits on the first member as long as it takes.
 
-Reads (range, status) are retried on the next member whatever happened but an auth
-refusal (credentials and permissions are the cluster's, not a member's): they change
-nothing. A txn is not: once it may have reached etcd (``EtcdError.sent``), the error goes
-back to the caller, who knows whether re-sending the identical txn is right (the shared
-watermark's check-and-set does exactly that to resolve an ambiguous outcome), and the
-next call starts at the next member.
+Reads (range, status) are retried on the next member whatever happened (they change
+nothing), but for a request etcd itself refused (credentials, permissions, an invalid
+request: the cluster's answer, not a member's). A txn is not: once it may have reached
+etcd (``EtcdError.sent``), the error goes back to the caller, who knows whether
+re-sending the identical txn is right (the shared watermark's check-and-set does exactly
+that to resolve an ambiguous outcome), and the next call starts at the next member.
 
 Every request carries the gRPC metadata ``hasleader: true`` (the gateway forwards
 ``Grpc-Metadata-*`` headers): a member that lost its leader answers "no leader" at once
@@ -180,8 +180,8 @@ class EtcdClient:
                 endpoint.drop_idle()
                 if targets is None:
                     self._current = (index + 1) % len(members)
-                if (exc.sent and not idempotent) or exc.cause is EtcdCause.AUTH:
-                    raise  # may have applied; or credentials, which every member shares
+                if (exc.sent and not idempotent) or exc.final:
+                    raise  # it may have been applied; or every member would refuse it
                 continue
             if targets is None:
                 self._current = index
@@ -204,7 +204,11 @@ class EtcdClient:
                 await self._authenticate(endpoint, token)
                 continue
             raise EtcdError(
-                error.cause, error.message, endpoint=endpoint.name, sent=error.maybe_applied
+                error.cause,
+                error.message,
+                endpoint=endpoint.name,
+                sent=error.maybe_applied,
+                final=error.rejected,
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -225,6 +229,7 @@ class EtcdClient:
                     error.cause,
                     f"authentication as {self._username!r} failed: {message}",
                     endpoint=endpoint.name,
+                    final=error.rejected,
                 )
             token = self._json(endpoint, reply.body, quote=False).get("token")
             if not isinstance(token, str) or not token or not token.isascii():

@@ -35,13 +35,20 @@ class EtcdError(KmsError):
     """An etcd call failed; see the module docstring."""
 
     def __init__(
-        self, cause: EtcdCause, message: str, *, endpoint: str | None = None, sent: bool = False
+        self,
+        cause: EtcdCause,
+        message: str,
+        *,
+        endpoint: str | None = None,
+        sent: bool = False,
+        final: bool = False,
     ) -> None:
         where = f"etcd {endpoint}: " if endpoint else "etcd: "
         super().__init__(f"{where}{message}")
         self.cause = cause
         self.endpoint = endpoint
         self.sent = sent  # the request may have reached etcd (and a txn been applied)
+        self.final = final  # etcd itself refused the request: every member would
 
 
 class RefusalCause(enum.Enum):

@@ -213,6 +213,7 @@ class ErrorReply:
     maybe_applied: bool = False
     token_invalid: bool = False
     too_many_ops: bool = False
+    rejected: bool = False  # etcd refused the request itself: another member would too
 
 
 def classify_error(
@@ -243,9 +244,9 @@ def classify_error(
 def _classify_grpc(code: int, message: str) -> ErrorReply:
     text = f"{message} (gRPC code {code})"
     if code == _UNAUTHENTICATED or "invalid auth token" in message:
-        return ErrorReply(EtcdCause.AUTH, text, token_invalid=True)
+        return ErrorReply(EtcdCause.AUTH, text, token_invalid=True, rejected=True)
     if "too many operations" in message:
-        return ErrorReply(EtcdCause.PROTOCOL, text, too_many_ops=True)
+        return ErrorReply(EtcdCause.PROTOCOL, text, too_many_ops=True, rejected=True)
     if "revision of auth store is old" in message:  # the auth store changed: retry
         return ErrorReply(EtcdCause.UNAVAILABLE, text)
     if code == _UNAVAILABLE:
@@ -255,9 +256,9 @@ def _classify_grpc(code: int, message: str) -> ErrorReply:
     if code in (_PERMISSION_DENIED, _FAILED_PRECONDITION) or (
         code == _INVALID_ARGUMENT and ("authentication" in message or "user name" in message)
     ):
-        return ErrorReply(EtcdCause.AUTH, text)
+        return ErrorReply(EtcdCause.AUTH, text, rejected=True)
     if code == _INVALID_ARGUMENT:
-        return ErrorReply(EtcdCause.PROTOCOL, f"etcd rejected the request: {text}")
+        return ErrorReply(EtcdCause.PROTOCOL, f"etcd rejected the request: {text}", rejected=True)
     return ErrorReply(EtcdCause.PROTOCOL, f"etcd error: {text}", maybe_applied=True)
 
 
