@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from conftest import load_vectors, vector_checked
 
 from kms.chain.filepv import decode_sign_bytes, parse_cometbft_state
 from kms.chain.state import BlockRef, SignState
 from kms.errors import ProtocolError, StateError
+from tests.support.vectors import load_vectors, vector_checked
 
 PRIVVAL_HASH = bytes.fromhex("8B01023386C371778ECB6368573E539AFC3CC860EC3A2F614E54FE5652F4FC80")
 PRIVVAL_PARTS = bytes.fromhex("72DB3D959635DFF1BB567BEDAA70573392C5159666A3F8CAF11E413AAC52207A")

@@ -31,9 +31,9 @@ from kms.chain.tracker import (
 from kms.chain.writer import StateWriter
 from kms.errors import DoubleSignError, SignerError, SigningRefused, StateError
 from providers.softsign import Ed25519SoftSigner
+from tests.support import REPO
 from tests.support.durable import ShimFile
 
-REPO = Path(__file__).resolve().parent.parent
 SEED = bytes(range(32))
 A = BlockRef(
     bytes.fromhex("26C0A41F3243C6BCD7AD2DFF8A8D83A71D29D307B5326C227F734A1A512FE47D"),

@@ -8,11 +8,8 @@ import json
 import logging
 import os
 import re
-import stat
-import subprocess
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,40 +32,14 @@ from kms.errors import (
     StateError,
 )
 from kms.keys import load_ed25519_key, load_secp256k1_key, read_base64_secret
+from tests.support import REPO
+from tests.support.files import mode
+from tests.support.kmsproc import run_tmkms
 
-REPO = Path(__file__).resolve().parent.parent
 LOG_LINE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
 
 
-@pytest.fixture(autouse=True)
-def restore_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def tmkms(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run `python -m kms ARGS` as a user would, with the tree on PYTHONPATH."""
-    full_env = {k: v for k, v in os.environ.items() if k != "TMKMS_CONFIG_FILE"}
-    full_env["PYTHONPATH"] = str(REPO)
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "kms", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd or REPO,
-        env=full_env,
-        timeout=60,
-        check=False,
-    )
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
+pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
 
 def pvk_json(seed: bytes) -> str:
@@ -94,7 +65,7 @@ def pvk_json(seed: bytes) -> str:
 
 
 def test_no_arguments_prints_usage_and_exits_2() -> None:
-    result = tmkms()
+    result = run_tmkms()
     assert result.returncode == 2
     assert result.stderr.startswith("usage: tmkms")
     for command in ("init", "softsign", "start", "version"):
@@ -103,29 +74,29 @@ def test_no_arguments_prints_usage_and_exits_2() -> None:
 
 
 def test_version() -> None:
-    result = tmkms("version")
+    result = run_tmkms("version")
     assert (result.returncode, result.stdout) == (0, f"{__version__}\n")
-    assert tmkms("--version").stdout == f"{__version__}\n"
+    assert run_tmkms("--version").stdout == f"{__version__}\n"
 
 
 def test_usage_errors_exit_2() -> None:
-    assert tmkms("frobnicate").returncode == 2
-    assert tmkms("softsign").returncode == 2
-    assert tmkms("softsign", "keygen", "-t", "rsa", "/tmp/x").returncode == 2
-    assert tmkms("init").returncode == 2
+    assert run_tmkms("frobnicate").returncode == 2
+    assert run_tmkms("softsign").returncode == 2
+    assert run_tmkms("softsign", "keygen", "-t", "rsa", "/tmp/x").returncode == 2
+    assert run_tmkms("init").returncode == 2
 
 
 def test_seed_guide_flow(tmp_path: Path) -> None:
     """The Osmosis guide's steps, in order, with only the paths changed."""
     home = tmp_path / "root" / "kms" / "osmosis"
     home.mkdir(parents=True)
-    result = tmkms("init", str(home))
+    result = run_tmkms("init", str(home))
     assert result.returncode == 0, result.stderr
     assert f"Generated KMS configuration: {home}/tmkms.toml" in result.stderr
     assert f"Generated Secret Connection key: {home}/secrets/kms-identity.key" in result.stderr
 
     conn_key = home / "secrets" / "secret_connection_key"
-    result = tmkms("softsign", "keygen", str(conn_key))
+    result = run_tmkms("softsign", "keygen", str(conn_key))
     assert result.returncode == 0, result.stderr
     assert result.stderr == f"   Generated consensus (Ed25519) private key at: {conn_key}\n"
     assert len(read_base64_secret(conn_key)) == 32 and mode(conn_key) == 0o600
@@ -133,7 +104,7 @@ def test_seed_guide_flow(tmp_path: Path) -> None:
     seed = os.urandom(32)
     (home / "secrets" / "priv_validator_key.json").write_text(pvk_json(seed))
     out_key = home / "secrets" / "priv_validator_key"
-    result = tmkms(
+    result = run_tmkms(
         "softsign", "import", str(home / "secrets/priv_validator_key.json"), str(out_key)
     )
     assert result.returncode == 0, result.stderr
@@ -158,7 +129,7 @@ def test_seed_guide_flow(tmp_path: Path) -> None:
 
 def test_init_layout_and_modes(tmp_path: Path) -> None:
     home = tmp_path / "kms"
-    result = tmkms("init", "-n", "osmosis,juno", str(home))
+    result = run_tmkms("init", "-n", "osmosis,juno", str(home))
     assert result.returncode == 0, result.stderr
     assert f"    Creating {home}" in result.stderr
     assert sorted(p.name for p in home.iterdir()) == ["schema", "secrets", "state", "tmkms.toml"]
@@ -173,12 +144,12 @@ def test_init_layout_and_modes(tmp_path: Path) -> None:
 
 def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     home = tmp_path / "kms"
-    assert tmkms("init", str(home)).returncode == 0
+    assert run_tmkms("init", str(home)).returncode == 0
     identity = home / "secrets" / "kms-identity.key"
     before = identity.read_bytes(), (home / "tmkms.toml").read_text()
     (home / "tmkms.toml").write_text("# my edits\n")
 
-    result = tmkms("init", "-n", "osmosis", str(home))
+    result = run_tmkms("init", "-n", "osmosis", str(home))
     assert result.returncode == 1
     assert result.stderr == (
         f"error: {home}/tmkms.toml: already exists; refusing to overwrite (use --force)\n"
@@ -186,14 +157,14 @@ def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert (home / "tmkms.toml").read_text() == "# my edits\n"
     assert identity.read_bytes() == before[0]
 
-    result = tmkms("init", "--force", "-n", "osmosis", str(home))
+    result = run_tmkms("init", "--force", "-n", "osmosis", str(home))
     assert result.returncode == 0, result.stderr
     assert identity.read_bytes() != before[0]
     assert [c.id for c in load_config(home / "tmkms.toml").chains] == ["osmosis-1"]
 
 
 def test_init_unknown_network(tmp_path: Path) -> None:
-    result = tmkms("init", "-n", "osmosis,terra", str(tmp_path / "kms"))
+    result = run_tmkms("init", "-n", "osmosis,terra", str(tmp_path / "kms"))
     assert result.returncode == 1
     assert result.stderr.startswith("error: unknown network 'terra' (known networks: cosmoshub,")
     assert not (tmp_path / "kms").exists()
@@ -201,15 +172,15 @@ def test_init_unknown_network(tmp_path: Path) -> None:
 
 def test_keygen_account_and_refusal(tmp_path: Path) -> None:
     path = tmp_path / "account.key"
-    result = tmkms("softsign", "keygen", "-t", "account", str(path))
+    result = run_tmkms("softsign", "keygen", "-t", "account", str(path))
     assert result.returncode == 0
     assert result.stderr == f"   Generated account (secp256k1) private key at: {path}\n"
     scalar = load_secp256k1_key(path)
-    result = tmkms("softsign", "keygen", str(path))
+    result = run_tmkms("softsign", "keygen", str(path))
     assert result.returncode == 3
     assert result.stderr == f"error: {path}: refusing to overwrite an existing file (use --force)\n"
     assert load_secp256k1_key(path) == scalar
-    assert tmkms("softsign", "keygen", "--force", str(path)).returncode == 0
+    assert run_tmkms("softsign", "keygen", "--force", str(path)).returncode == 0
     assert len(read_base64_secret(path)) == 32
     assert bytes(load_ed25519_key(path)) != scalar
 
@@ -219,7 +190,7 @@ def test_import_rejects_mismatched_json(tmp_path: Path) -> None:
     doc["pub_key"]["value"] = base64.b64encode(bytes(SigningKey(bytes(32)).verify_key)).decode()
     source = tmp_path / "pvk.json"
     source.write_text(json.dumps(doc))
-    result = tmkms("softsign", "import", str(source), str(tmp_path / "out"))
+    result = run_tmkms("softsign", "import", str(source), str(tmp_path / "out"))
     assert result.returncode == 3
     assert result.stderr == (
         f"error: {source}: keypair mismatch: public key does not match the seed\n"
@@ -244,13 +215,13 @@ def test_start_with_bad_config_is_one_line_exit_1(tmp_path: Path) -> None:
         (["start"], {"TMKMS_CONFIG_FILE": str(config)}, None),
         (["start"], None, tmp_path),
     ):
-        result = tmkms(*args, env=env, cwd=cwd)
+        result = run_tmkms(*args, env=env, cwd=cwd)
         assert (result.returncode, result.stderr) == (1, expected)
         assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_start_without_any_config(tmp_path: Path) -> None:
-    result = tmkms("start", cwd=tmp_path)
+    result = run_tmkms("start", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr == (
         f"error: {tmp_path}/tmkms.toml: cannot read config file: No such file or directory\n"

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from kmsproc import chain_toml, free_tcp_port, run_tmkms, tmkms_start, validator_toml
 from nacl.signing import SigningKey
-from test_e2e_start import write_key
 from test_metrics_e2e import http_get, metrics_base
 
 from kms.chain.state import BlockRef, SignState
@@ -25,6 +23,14 @@ from kms.protocol.messages import SignedMsgType
 from kms.protocol.signbytes import vote_sign_bytes
 from kms.protocol.version import ProtocolVersion
 from kms.testing.consensus import make_vote, random_block_id
+from tests.support.kmsproc import (
+    chain_toml,
+    free_tcp_port,
+    run_tmkms,
+    tmkms_start,
+    validator_toml,
+    write_key,
+)
 
 # A tmkms.toml as a tmkms v0.15 operator may have it (every key of tmkms's structs that this
 # KMS supports), plus tmkms's `[metrics] bind_address` (its Prometheus exporter).

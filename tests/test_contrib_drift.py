@@ -19,17 +19,16 @@ from typing import Any
 
 import attrs
 import trio
-from kmsproc import chain_toml, free_tcp_port, tmkms_start, validator_toml
 from nacl.signing import SigningKey
 from support.promtool import literal_values, prometheus_server, references
 from test_contrib_grafana import dashboard_queries, substitute
-from test_e2e_start import write_key
 from test_metrics_e2e import metrics_base
 
 from kms.protocol.messages import SignedMsgType
 from kms.testing.consensus import make_proposal, make_vote, random_block_id
 from kms.testing.node import SignerClient, simulated_node
 from kms.transport.address import Address
+from tests.support.kmsproc import chain_toml, free_tcp_port, tmkms_start, validator_toml, write_key
 
 RULES = Path(__file__).resolve().parent.parent / "contrib" / "prometheus" / "tmkms-rules.yml"
 JOB = "tmkms"  # the job name tmkms-rules.yml expects (TmkmsDown)

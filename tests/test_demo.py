@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kmsproc import run_tmkms
+from tests.support.kmsproc import run_tmkms
 
 
 def test_demo_signs_heights_and_refuses_a_double_sign() -> None:

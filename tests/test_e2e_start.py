@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import signal
 from pathlib import Path
 
-import oracle
 import pytest
 import trio
-from kmsproc import (
-    chain_toml,
-    free_tcp_port,
-    priv_validator_key_json,
-    run_tmkms,
-    tmkms_start,
-    validator_toml,
-)
 from nacl.signing import SigningKey, VerifyKey
 
 from kms.protocol.messages import SignedMsgType, Vote
@@ -26,12 +16,16 @@ from kms.protocol.version import ProtocolVersion
 from kms.testing.consensus import NIL, make_proposal, make_vote, random_block_id
 from kms.testing.node import SignerClient, simulated_node
 from kms.transport.address import Address
-
-
-def write_key(path: Path, key: SigningKey) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.write_text(base64.b64encode(bytes(key)).decode() + "\n")
-    path.chmod(0o600)
+from tests.support import oracle
+from tests.support.kmsproc import (
+    chain_toml,
+    free_tcp_port,
+    priv_validator_key_json,
+    run_tmkms,
+    tmkms_start,
+    validator_toml,
+    write_key,
+)
 
 
 def check_vote(chain_id: str, key: VerifyKey, vote: Vote | None, extension: bool) -> None:

@@ -11,20 +11,16 @@ stall, never a conflicting signature) and resumes, and the softsign chain never 
 from __future__ import annotations
 
 import base64
-import os
 import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import attrs
-import oracle
 import trio
-from kmsproc import free_tcp_port, tmkms_start
 from nacl.signing import SigningKey, VerifyKey
 
 from kms.keys import bech32_decode
@@ -32,10 +28,10 @@ from kms.protocol.messages import SignedMsgType, Vote
 from kms.testing.consensus import make_vote, random_block_id
 from kms.testing.node import SignerClient, simulated_node
 from kms.transport.address import Address
+from tests.support import REPO, oracle
+from tests.support.kmsproc import TMKMS, free_tcp_port, run_tmkms, tmkms_env, tmkms_start
 
-REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-SIMULATOR = [sys.executable, "-m", "kms", "yubihsm", "simulator"]
+SIMULATOR = [*TMKMS, "yubihsm", "simulator"]
 HSM_CHAIN, SOFT_CHAIN = "hsm-1", "soft-1"
 AMINO_ED25519 = bytes.fromhex("1624de6420")
 #: Generous but meaningful: a softsign signature is a fraction of a millisecond; the point is
@@ -46,16 +42,7 @@ HSM_ERROR_BOUND = 4.0
 
 
 def tmkms(*args: str | Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "kms", *map(str, args)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=ENV,
-        timeout=60,
-        check=False,
-    )
+    result = run_tmkms(*args, stdin=stdin)
     assert result.returncode == 0, f"tmkms {args} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -66,7 +53,7 @@ async def start_simulator(port: int, state: Path) -> trio.Process:
         [*SIMULATOR, "--laddr", f"tcp://127.0.0.1:{port}", "--state", str(state)],
         stdout=subprocess.PIPE,
         cwd=REPO,
-        env=ENV,
+        env=tmkms_env(),
     )
     assert process.stdout is not None
     line = b""
@@ -300,15 +287,7 @@ def test_start_fails_clearly_when_the_hsm_is_unreachable(tmp_path: Path) -> None
     home.mkdir()
     write_config(home, free_tcp_port(), SigningKey.generate())
     write_secret(home / "secrets" / "hsm-password", "whatever\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "kms", "start", "-c", str(home / "tmkms.toml")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=ENV,
-        timeout=60,
-        check=False,
-    )
+    result = run_tmkms("start", "-c", home / "tmkms.toml")
     assert result.returncode == 6, result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "error connecting to YubiHSM2" in errors[0], result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import load_vectors, vector_checked
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,6 +18,7 @@ from kms.keys import (
     public_key_json,
     validator_address,
 )
+from tests.support.vectors import load_vectors, vector_checked
 
 VECTORS = "pubkey_encodings.json"
 BECH32 = KeyFormat(

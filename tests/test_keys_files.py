@@ -19,13 +19,10 @@ from kms.keys import (
     write_base64_secret,
     write_secret_file,
 )
+from tests.support.files import mode
 
 SECRET = bytes(range(32))
 ENCODED = base64.b64encode(SECRET).decode()
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
 
 
 @pytest.fixture

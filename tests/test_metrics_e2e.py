@@ -13,15 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from kmsproc import KmsProcess, chain_toml, free_tcp_port, tmkms_start, validator_toml
 from nacl.signing import SigningKey
 from prometheus_client.parser import text_string_to_metric_families
-from test_e2e_start import write_key
 
 from kms.protocol.messages import SignedMsgType, SignVoteRequest
 from kms.testing.consensus import make_proposal, make_vote, random_block_id
 from kms.testing.node import simulated_node
 from kms.transport.address import Address
+from tests.support.kmsproc import (
+    KmsProcess,
+    chain_toml,
+    free_tcp_port,
+    tmkms_start,
+    validator_toml,
+    write_key,
+)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -11,9 +11,7 @@ import socket
 from pathlib import Path
 
 import trio
-from kmsproc import run_tmkms, tmkms_start
 from nacl.signing import SigningKey
-from test_e2e_start import write_key
 from test_metrics_e2e import http_get, metrics_base
 
 from kms.chain.state import SignState
@@ -22,6 +20,7 @@ from kms.protocol.messages import SignedMsgType
 from kms.testing.consensus import make_vote, random_block_id
 from kms.testing.node import simulated_node
 from kms.transport.address import Address
+from tests.support.kmsproc import run_tmkms, tmkms_start, write_key
 
 CHAIN = "ops-1"
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import betterproto
 import pytest
-from conftest import load_vectors, vector_checked
 from hypothesis import given
 from hypothesis import strategies as st
 from test_protocol_strategies import (
@@ -61,6 +60,7 @@ from kms.protocol.signbytes import (
 )
 from kms.protocol.version import ProtocolVersion
 from kms.protocol.wire import uvarint
+from tests.support.vectors import load_vectors, vector_checked
 
 V = ProtocolVersion
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import load_vectors, vector_checked
 from nacl.signing import SigningKey, VerifyKey
 
 from kms.protocol.codec import decode_request, decode_response, encode_request, encode_response
@@ -36,6 +35,7 @@ from kms.protocol.signbytes import (
 )
 from kms.protocol.version import ProtocolVersion
 from kms.protocol.wire import uvarint
+from tests.support.vectors import load_vectors, vector_checked
 
 MESSAGES = "privval_messages.json"
 SIGN_BYTES = "sign_bytes.json"

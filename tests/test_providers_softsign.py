@@ -6,7 +6,6 @@ import hashlib
 
 import nacl.signing
 import pytest
-from conftest import load_vectors, vector_checked
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from kms.errors import KeyFileError
 from providers import Signer
 from providers.softsign import SECP256K1_ORDER, Ed25519SoftSigner, Secp256k1SoftSigner
+from tests.support.vectors import load_vectors, vector_checked
 
 
 async def test_ed25519_signs_and_verifies() -> None:

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from kmsproc import chain_toml, validator_toml
 from nacl.signing import SigningKey
-from test_e2e_start import write_key
 
 from kms.chain.store import StateFile
 from kms.config import KmsConfig, load_config
@@ -21,6 +19,7 @@ from kms.service import Service
 from kms.testing.consensus import make_vote, random_block_id
 from kms.testing.node import SignerClient, simulated_node
 from kms.transport.address import Address
+from tests.support.kmsproc import chain_toml, validator_toml, write_key
 
 
 def home(tmp_path: Path, chains: list[str]) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import load_vectors, vector_checked
 from nacl.signing import SigningKey
 
 from kms.errors import HandshakeError
@@ -21,6 +20,7 @@ from kms.transport.secret_connection import (
     peer_id_from_pubkey,
     transcript_challenge,
 )
+from tests.support.vectors import load_vectors, vector_checked
 
 SC = "secret_connection.json"
 MERLIN = "merlin_transcript.json"

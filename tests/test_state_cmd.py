@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import load_vectors, vector_checked
 
 from kms.chain.state import BlockRef, SignState
 from kms.chain.stateformat import format_state, parse_state
 from kms.cli import main
 from kms.lock import lock_path_for, lock_state_files
+from tests.support.vectors import load_vectors, vector_checked
 
 CHAINS = ("alpha-1", "beta-2")
 
 
-@pytest.fixture(autouse=True)
-def restore_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
 
 @pytest.fixture

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,29 +28,14 @@ from yubihsm.objects import AsymmetricKey, AuthenticationKey, Opaque, WrapKey
 from kms.cli import main
 from kms.testing.yubihsm import YubiHsmDevice, fake_usb_devices
 from providers.yubihsm.signers import read_public_key
+from tests.support import REPO
+from tests.support.kmsproc import TMKMS, run_tmkms, tmkms_env
 
-REPO = Path(__file__).resolve().parent.parent
-SIMULATOR = [sys.executable, "-m", "kms", "yubihsm", "simulator"]
+SIMULATOR = [*TMKMS, "yubihsm", "simulator"]
 README_PHRASE = (
     "double section release consider diet pilot flip shell mother alone what fantasy "
     "much answer lottery crew nut reopen stereo square popular addict just animal"
 )
-
-
-def tmkms(
-    *args: str | Path, stdin: str = "", cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run one `tmkms` command to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "kms", *map(str, args)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=cwd or REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=60,
-        check=False,
-    )
 
 
 @attrs.define
@@ -84,7 +67,7 @@ def start_simulator(home: Path, name: str) -> Simulator:
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=tmkms_env(),
     )
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -134,7 +117,7 @@ def parse_setup(stdout: str) -> Provisioned:
 
 def setup_hsm(sim: Simulator, stdin: str = "", *extra: str) -> Provisioned:
     config = sim.config("factory.toml", 1, "password")
-    result = tmkms("yubihsm", "setup", "--yes", "-c", config, *extra, stdin=stdin)
+    result = run_tmkms("yubihsm", "setup", "--yes", "-c", config, *extra, stdin=stdin)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success reinitialized YubiHSM (serial: " in result.stderr
     return parse_setup(result.stdout)
@@ -173,7 +156,7 @@ def test_setup_provisions_the_tmkms_layout(hsm: Simulator, tmp_path: Path) -> No
         assert hsm.session(key_id, secrets.passwords[role]).sid is not None
     # print-only with the new admin credentials derives the same secrets and changes nothing
     config = hsm.config("admin.toml", 1, secrets.phrase)
-    again = tmkms(
+    again = run_tmkms(
         "yubihsm", "setup", "--print-only", "--restore", "-c", config, stdin=secrets.phrase
     )
     assert again.returncode == 0, again.stderr
@@ -184,7 +167,7 @@ def test_setup_provisions_the_tmkms_layout(hsm: Simulator, tmp_path: Path) -> No
 
 def test_restore_prints_tmkms_readme_secrets(hsm: Simulator) -> None:
     config = hsm.config("factory.toml", 1, "password")
-    result = tmkms("yubihsm", "setup", "-p", "-r", "-c", config, stdin=README_PHRASE + "\n")
+    result = run_tmkms("yubihsm", "setup", "-p", "-r", "-c", config, stdin=README_PHRASE + "\n")
     assert result.returncode == 0, result.stderr
     assert "Mnemonic phrase decoded/checksummed successfully!" in result.stdout
     lines = result.stdout.splitlines()
@@ -209,13 +192,13 @@ def test_restore_prints_tmkms_readme_secrets(hsm: Simulator) -> None:
         in lines
     )
     assert hsm.session(1, "password").sid is not None  # print-only erased nothing
-    bad = tmkms("yubihsm", "setup", "-p", "-r", "-c", config, stdin="double section\n")
+    bad = run_tmkms("yubihsm", "setup", "-p", "-r", "-c", config, stdin="double section\n")
     assert bad.returncode == 1 and "couldn't decode mnemonic" in bad.stderr
 
 
 def test_setup_asks_before_erasing(hsm: Simulator) -> None:
     config = hsm.config("factory.toml", 1, "password")
-    result = tmkms("yubihsm", "setup", "-c", config, stdin="n\n")
+    result = run_tmkms("yubihsm", "setup", "-c", config, stdin="n\n")
     assert result.returncode == 1
     assert (
         "*** Are you SURE you want erase and reinitialize this HSM? (y/N): Aborting"
@@ -233,7 +216,9 @@ def test_generate_list_and_sign_with_the_listed_key(hsm: Simulator) -> None:
     keys = 'keys = [{ chain_ids = ["cosmoshub-4"], key = 1 }, { chain_ids = ["cosmoshub-4"], key = 2, type = "account" }]\n'
     operator = hsm.config("operator.toml", 2, secrets.passwords["operator"], chain)
     operator.write_text(operator.read_text() + keys)
-    generated = tmkms("yubihsm", "keys", "generate", "1", "-p", "cosmosvalconspub", "-c", operator)
+    generated = run_tmkms(
+        "yubihsm", "keys", "generate", "1", "-p", "cosmosvalconspub", "-c", operator
+    )
     assert generated.returncode == 0, generated.stderr
     match = re.search(
         r"Generated consensus \(ed25519\) key 0x0001: (cosmosvalconspub1\w+)$",
@@ -241,17 +226,17 @@ def test_generate_list_and_sign_with_the_listed_key(hsm: Simulator) -> None:
         re.MULTILINE,
     )
     assert match, generated.stderr
-    account = tmkms("yubihsm", "keys", "generate", "0x2", "-t", "account", "-c", operator)
+    account = run_tmkms("yubihsm", "keys", "generate", "0x2", "-t", "account", "-c", operator)
     assert account.returncode == 0, account.stderr
     assert "Generated account (secp256k1) key 0x0002: " in account.stderr
-    plain = tmkms(
+    plain = run_tmkms(
         "yubihsm", "keys", "generate", "3", "-l", "spare key", "--non-exportable", "-c", operator
     )
     assert plain.returncode == 0, plain.stderr
     hex_key = re.search(r"key 0x0003: ([0-9A-F]{64})$", plain.stderr, re.MULTILINE)
     assert hex_key, plain.stderr
 
-    listing = tmkms("yubihsm", "keys", "list", "-c", operator)
+    listing = run_tmkms("yubihsm", "keys", "list", "-c", operator)
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     assert lines[0] == f"Listing keys in YubiHSM #{secrets.serial}:"
@@ -273,7 +258,7 @@ def test_generate_list_and_sign_with_the_listed_key(hsm: Simulator) -> None:
     info = AsymmetricKey(validator, 3).get_info()
     assert not info.capabilities & CAPABILITY.EXPORTABLE_UNDER_WRAP
 
-    again = tmkms("yubihsm", "keys", "generate", "1", "-c", operator)
+    again = run_tmkms("yubihsm", "keys", "generate", "1", "-c", operator)
     assert again.returncode == 6 and "couldn't generate key #1" in again.stderr
     assert "OBJECT_EXISTS" in again.stderr
 
@@ -284,12 +269,12 @@ def test_export_then_import_into_a_restored_hsm(
     secrets = setup_hsm(hsm)
     operator = hsm.config("operator.toml", 2, secrets.passwords["operator"])
     backup = tmp_path / "validator-key.enc"
-    generated = tmkms("yubihsm", "keys", "generate", "1", "-b", backup, "-c", operator)
+    generated = run_tmkms("yubihsm", "keys", "generate", "1", "-b", backup, "-c", operator)
     assert generated.returncode == 0, generated.stderr
     assert f"Wrote backup of key 1 (encrypted under wrap key 1) to {backup}" in generated.stderr
     public_hex = generated.stderr.split("key 0x0001: ")[1].split()[0]
     exported = tmp_path / "export.enc"
-    result = tmkms("yubihsm", "keys", "export", "-i", "1", exported, "-c", operator)
+    result = run_tmkms("yubihsm", "keys", "export", "-i", "1", exported, "-c", operator)
     assert result.returncode == 0, result.stderr
     assert f"Exported key 0x0001 (encrypted under wrap key 0x0001) to {exported}" in result.stderr
     assert stat.S_IMODE(exported.stat().st_mode) == 0o600
@@ -301,14 +286,14 @@ def test_export_then_import_into_a_restored_hsm(
     restored = setup_hsm(second, secrets.phrase + "\n", "--restore")
     assert restored.passwords == secrets.passwords and restored.wrap_key == secrets.wrap_key
     operator_b = second.config("operator.toml", 2, secrets.passwords["operator"])
-    imported = tmkms("yubihsm", "keys", "import", exported, "-c", operator_b)
+    imported = run_tmkms("yubihsm", "keys", "import", exported, "-c", operator_b)
     assert imported.returncode == 0, imported.stderr
     assert f"Imported key 0x0001: {public_hex}" in imported.stderr
     validator_b = second.session(4, secrets.passwords["validator"])
     VerifyKey(bytes.fromhex(public_hex)).verify(
         b"moved", AsymmetricKey(validator_b, 1).sign_eddsa(b"moved")
     )
-    twice = tmkms("yubihsm", "keys", "import", "-t", "wrap", backup, "-c", operator_b)
+    twice = run_tmkms("yubihsm", "keys", "import", "-t", "wrap", backup, "-c", operator_b)
     assert twice.returncode == 6 and "OBJECT_EXISTS" in twice.stderr
 
 
@@ -336,14 +321,14 @@ def test_import_plaintext_keys(tmp_path: Path, hsm: Simulator) -> None:
     seed_file = tmp_path / "seed.key"
     seed_file.write_text(base64.b64encode(bytes(seed_key)).decode() + "\n")
     seed_file.chmod(0o600)
-    no_id = tmkms("yubihsm", "keys", "import", pv_json, "-c", operator)
+    no_id = run_tmkms("yubihsm", "keys", "import", pv_json, "-c", operator)
     assert no_id.returncode == 1 and "no key ID specified" in no_id.stderr
-    from_json = tmkms(
+    from_json = run_tmkms(
         "yubihsm", "keys", "import", "-i", "7", "-l", "from json", pv_json, "-c", operator
     )
     assert from_json.returncode == 0, from_json.stderr
     assert f"Imported key 0x0007: {pub.hex().upper()}" in from_json.stderr
-    from_seed = tmkms(
+    from_seed = run_tmkms(
         "yubihsm", "keys", "import", "-t", "base64", "-i", "8", seed_file, "-c", operator
     )
     assert from_seed.returncode == 0, from_seed.stderr
@@ -356,13 +341,13 @@ def test_import_plaintext_keys(tmp_path: Path, hsm: Simulator) -> None:
 def test_signing_test_loop(hsm: Simulator) -> None:
     secrets = setup_hsm(hsm)
     operator = hsm.config("operator.toml", 2, secrets.passwords["operator"])
-    assert tmkms("yubihsm", "keys", "generate", "1", "-c", operator).returncode == 0
+    assert run_tmkms("yubihsm", "keys", "generate", "1", "-c", operator).returncode == 0
     validator = hsm.config("validator.toml", 4, secrets.passwords["validator"])
-    result = tmkms("yubihsm", "test", "1", "--count", "5", "-c", validator)
+    result = run_tmkms("yubihsm", "test", "1", "--count", "5", "-c", validator)
     assert result.returncode == 0, result.stderr
     successes = re.findall(r"Success signed message using key ID #1 in \d+\.\d ms", result.stderr)
     assert len(successes) == 5
-    refused = tmkms("yubihsm", "test", "1", "-n", "2", "-c", operator)  # operators cannot sign
+    refused = run_tmkms("yubihsm", "test", "1", "-n", "2", "-c", operator)  # operators cannot sign
     assert refused.returncode == 6
     assert refused.stderr.count("error: signature operation failed:") == 2
     assert "INSUFFICIENT_PERMISSIONS" in refused.stderr
@@ -371,11 +356,11 @@ def test_signing_test_loop(hsm: Simulator) -> None:
 def test_errors_are_one_clear_line(tmp_path: Path, hsm: Simulator) -> None:
     no_section = tmp_path / "empty.toml"
     no_section.write_text("")
-    result = tmkms("yubihsm", "keys", "list", "-c", no_section)
+    result = run_tmkms("yubihsm", "keys", "list", "-c", no_section)
     assert result.returncode == 1
     assert "expected one [[providers.yubihsm]] section in config, found: 0" in result.stderr
     wrong = hsm.config("wrong.toml", 1, "nope")
-    result = tmkms("yubihsm", "keys", "list", "-c", wrong)
+    result = run_tmkms("yubihsm", "keys", "list", "-c", wrong)
     assert result.returncode == 6
     assert result.stderr.strip().splitlines() == [
         "error: error connecting to YubiHSM2: YubiHSM authentication with key 0x0001 failed (wrong password?)"
@@ -385,20 +370,14 @@ def test_errors_are_one_clear_line(tmp_path: Path, hsm: Simulator) -> None:
         '[[providers.yubihsm]]\nadapter = { type = "http", addr = "tcp://127.0.0.1:1" }\n'
         'auth = { key = 1, password = "password" }\n'
     )
-    result = tmkms("yubihsm", "test", "1", "-n", "1", "-c", unreachable)
+    result = run_tmkms("yubihsm", "test", "1", "-n", "1", "-c", unreachable)
     assert result.returncode == 6 and "error connecting to YubiHSM2" in result.stderr
-    assert tmkms("yubihsm", "keys", "generate", "0x", "-c", wrong).returncode == 2
+    assert run_tmkms("yubihsm", "keys", "generate", "0x", "-c", wrong).returncode == 2
     factory = hsm.config("factory.toml", 1, "password")
-    long_label = tmkms("yubihsm", "keys", "generate", "1", "-l", "x" * 41, "-c", factory)
+    long_label = run_tmkms("yubihsm", "keys", "generate", "1", "-l", "x" * 41, "-c", factory)
     assert long_label.returncode == 1 and "longer than 40 bytes" in long_label.stderr
-    env_config = subprocess.run(
-        [sys.executable, "-m", "kms", "yubihsm", "keys", "list"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO), "TMKMS_CONFIG_FILE": str(factory)},
-        timeout=60,
-        check=False,
+    env_config = run_tmkms(
+        "yubihsm", "keys", "list", cwd=tmp_path, env={"TMKMS_CONFIG_FILE": str(factory)}
     )
     assert env_config.returncode == 0 and "no keys in this YubiHSM" in env_config.stderr
 

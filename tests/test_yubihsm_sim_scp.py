@@ -7,11 +7,11 @@ import struct
 from collections.abc import Callable
 
 import pytest
-from conftest import vector_checked
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kms.testing.yubihsm import ManualClock, YubiHsmDevice, scp
+from tests.support.vectors import vector_checked
 
 SPEC = "yubihsm.md"
 # Vectors from the YubiHSM spec section "The secure session".

@@ -33,8 +33,8 @@ from kms.testing.yubihsm import (
 )
 from kms.testing.yubihsm.backend import BackendClosedError
 from kms.testing.yubihsm.cli import parse_laddr
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 

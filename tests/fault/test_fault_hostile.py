@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import fault_counted
-from faultkit import KmsHome, Ledger, ask, block, log_book, start_kms
 from nacl.signing import SigningKey
 
 from kms.protocol.codec import decode_response, encode_request
@@ -37,6 +35,7 @@ from kms.transport.address import Address
 from kms.transport.handshake import encode_ephemeral_message
 from kms.transport.secret_connection import peer_id_from_pubkey
 from kms.transport.stream import SecretStream, secret_handshake
+from tests.fault.kit import KmsHome, Ledger, ask, block, fault_counted, log_book, start_kms
 
 CHAIN = "hostile-1"
 

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import fault_counted
-from faultkit import NIL, KmsHome, Ledger, accept, ask, block, log_book, start_kms
 
 from kms.chain.state import SignState
 from kms.config import load_config
@@ -25,6 +23,17 @@ from kms.protocol.messages import BlockId
 from kms.service import Service
 from kms.testing.node import SignerClient, SimulatedNode
 from kms.transport.address import Address
+from tests.fault.kit import (
+    NIL,
+    KmsHome,
+    Ledger,
+    accept,
+    ask,
+    block,
+    fault_counted,
+    log_book,
+    start_kms,
+)
 
 Position = tuple[int, int, int, BlockId]
 

@@ -18,19 +18,49 @@ import attrs
 import trio
 from nacl.signing import SigningKey
 
+from tests.support import REPO
+
 TMKMS = [sys.executable, "-m", "kms"]
 
 
-def run_tmkms(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a short `tmkms` command to completion (init, keygen, import...)."""
+def tmkms_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment with the tree first on PYTHONPATH, no TMKMS_CONFIG_FILE, plus ``extra``."""
+    env = {key: value for key, value in os.environ.items() if key != "TMKMS_CONFIG_FILE"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+def run_tmkms(
+    *args: str | Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdin: str = "",
+    umask: int = -1,
+) -> subprocess.CompletedProcess[str]:
+    """Run a short `tmkms` command to completion (init, keygen, import...), as a user would.
+
+    It runs in ``cwd`` (default: the repository) with :func:`tmkms_env` plus ``env``, reads
+    ``stdin`` (nothing, by default), and runs under ``umask`` when given.
+    """
     return subprocess.run(
         [*TMKMS, *map(str, args)],
+        input=stdin,
         capture_output=True,
         text=True,
-        cwd=cwd,
+        cwd=cwd or REPO,
+        env=tmkms_env(env),
+        umask=umask,
         timeout=60,
         check=False,
     )
+
+
+def write_key(path: Path, key: SigningKey) -> None:
+    """A softsign key file (base64 seed), 0600 in a 0700 folder."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(base64.b64encode(bytes(key)).decode() + "\n")
+    path.chmod(0o600)
 
 
 @attrs.define
@@ -84,15 +114,22 @@ class KmsProcess:
 
 @asynccontextmanager
 async def tmkms_start(
-    config: Path, *extra: str, env: dict[str, str] | None = None
+    config: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    launcher: Sequence[str] = TMKMS,
 ) -> AsyncIterator[KmsProcess]:
-    """Start `tmkms start -c CONFIG` and stop it (SIGTERM, then SIGKILL) on exit."""
+    """Start `tmkms start -c CONFIG` and stop it (SIGTERM, then SIGKILL) on exit.
+
+    ``launcher`` replaces ``python -m kms`` (the fault kit starts it through a shim).
+    """
     process = await trio.lowlevel.open_process(
-        [*TMKMS, "start", "-c", str(config), *extra],
+        [*launcher, "start", "-c", str(config), *extra],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        env=tmkms_env(env),
+        cwd=str(REPO),
     )
     kms = KmsProcess(process)
     async with trio.open_nursery() as nursery:

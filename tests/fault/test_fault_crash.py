@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import fault_counted
-from faultkit import (
+
+from kms.chain.state import SignState
+from kms.chain.store import StateFile
+from kms.testing.node import SignerClient, SimulatedNode, simulated_node
+from kms.transport.address import Address
+from tests.fault.kit import (
     CRASH_CODE,
     CRASH_POINTS,
     NIL,
@@ -25,16 +29,12 @@ from faultkit import (
     accept,
     ask,
     block,
+    fault_counted,
     label,
     log_book,
     stale_temp_files,
     start_kms,
 )
-
-from kms.chain.state import SignState
-from kms.chain.store import StateFile
-from kms.testing.node import SignerClient, SimulatedNode, simulated_node
-from kms.transport.address import Address
 
 
 def laddr_for(tmp_path: Path, transport: str) -> Address:

@@ -17,8 +17,6 @@ from typing import Literal
 
 import pytest
 import trio
-from conftest import fault_counted
-from faultkit import SignedBook
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -38,6 +36,7 @@ from kms.chain.tracker import ChainTracker, Signed, SignRequest
 from kms.chain.writer import StateWriter
 from kms.errors import DoubleSignError, SignerError, SigningRefused, StateError
 from providers.softsign import Ed25519SoftSigner
+from tests.fault.kit import SignedBook, fault_counted
 from tests.support.durable import ShimFile
 
 BLOCKS = {

@@ -22,8 +22,6 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
-from conftest import fault_counted
-from faultkit import LINK_ERRORS, KmsHome, Ledger, Walker, log_book, open_fds, start_kms
 
 from kms.backoff import Backoff
 from kms.config import load_config
@@ -32,6 +30,16 @@ from kms.testing.chaos import CALM, ChaosPolicy, ChaosProxy, chaos_proxy
 from kms.testing.node import SignerClient, SimulatedNode
 from kms.transport.address import Address
 from kms.transport.stream import secret_handshake
+from tests.fault.kit import (
+    LINK_ERRORS,
+    KmsHome,
+    Ledger,
+    Walker,
+    fault_counted,
+    log_book,
+    open_fds,
+    start_kms,
+)
 
 STUCK = 15.0  # no connection from the KMS for this long means it stopped dialling
 NODE_TIMEOUT = 0.5

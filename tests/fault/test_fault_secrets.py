@@ -17,15 +17,9 @@ import hashlib
 import json
 import os
 import random
-import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import trio
-from conftest import fault_counted
-from faultkit import REPO, KmsHome, Ledger, ask, block, start_kms
-from kmsproc import priv_validator_key_json
 from nacl.bindings import crypto_scalarmult
 from nacl.signing import SigningKey
 
@@ -36,25 +30,11 @@ from kms.testing.node import SignerClient, SimulatedNode
 from kms.transport.address import Address
 from kms.transport.handshake import derive_key_material
 from kms.transport.stream import SecretStream
+from tests.fault.kit import KmsHome, Ledger, ask, block, fault_counted, start_kms
+from tests.support.files import mode
+from tests.support.kmsproc import free_tcp_port, priv_validator_key_json, run_tmkms
 
 CHAIN = "secret-1"
-
-
-def run_cli(*args: str | Path, umask: int = 0o022) -> subprocess.CompletedProcess[str]:
-    """A short `tmkms` command under ``umask``."""
-    return subprocess.run(
-        [sys.executable, "-m", "kms", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=REPO,
-        umask=umask,
-    )
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
 
 
 def encodings(secret: bytes) -> set[str]:
@@ -92,30 +72,30 @@ def key_secrets(name: str, key: SigningKey) -> dict[str, bytes]:
 def test_init_keygen_and_import_make_private_files_under_any_umask(tmp_path: Path) -> None:
     """umask 000 would make everything world-readable; the commands must not rely on it."""
     home = tmp_path / "kms"
-    assert run_cli("init", home, umask=0).returncode == 0
+    assert run_tmkms("init", home, umask=0).returncode == 0
     assert mode(home / "secrets") == 0o700
     assert mode(home / "state") == 0o700, "nobody else may rewind the double-sign state"
     assert mode(home / "tmkms.toml") == 0o600
     identity = home / "secrets" / "kms-identity.key"
     assert mode(identity) == 0o600
     consensus = tmp_path / "new" / "deeper" / "consensus.key"
-    assert run_cli("softsign", "keygen", consensus, umask=0).returncode == 0
+    assert run_tmkms("softsign", "keygen", consensus, umask=0).returncode == 0
     assert mode(consensus) == 0o600
     assert mode(consensus.parent) == 0o700 and mode(consensus.parent.parent) == 0o700
     account = home / "secrets" / "account.key"
-    assert run_cli("softsign", "keygen", "-t", "account", account, umask=0).returncode == 0
+    assert run_tmkms("softsign", "keygen", "-t", "account", account, umask=0).returncode == 0
     assert mode(account) == 0o600
     key = SigningKey.generate()
     pvk = tmp_path / "priv_validator_key.json"
     pvk.write_text(priv_validator_key_json(key))
     imported = tmp_path / "imported" / "priv_validator_key"
-    result = run_cli("softsign", "import", pvk, imported, umask=0)
+    result = run_tmkms("softsign", "import", pvk, imported, umask=0)
     assert result.returncode == 0, result.stderr
     assert mode(imported) == 0o600 and mode(imported.parent) == 0o700
     assert base64.b64decode(imported.read_text()) == bytes(key)
     # an existing 0755 secrets folder is tightened by `init --force`
     (home / "secrets").chmod(0o755)
-    assert run_cli("init", "--force", home, umask=0).returncode == 0
+    assert run_tmkms("init", "--force", home, umask=0).returncode == 0
     assert mode(home / "secrets") == 0o700 and mode(identity) == 0o600
     fault_counted("secrets", files_checked=7)
 
@@ -126,7 +106,7 @@ async def test_keys_readable_by_others_are_warned_about(tmp_path: Path) -> None:
     identity = tmp_path / "secrets" / "kms-identity.key"
     consensus.chmod(0o644)
     identity.chmod(0o640)
-    config = home.write_config([f"tcp://127.0.0.1:{_unused_port()}"])
+    config = home.write_config([f"tcp://127.0.0.1:{free_tcp_port()}"])
     with trio.fail_after(20):
         async with start_kms(config) as kms:
             await kms.wait_for(
@@ -134,15 +114,6 @@ async def test_keys_readable_by_others_are_warned_about(tmp_path: Path) -> None:
             )
             await kms.wait_for(rf"WARN .*{identity} is accessible by group or others \(mode 0640\)")
             assert kms.process.returncode is None  # a warning, as tmkms: still serving
-
-
-def _unused_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # ---------------------------------------------------------------- no secret in any output
@@ -257,9 +228,9 @@ def test_error_paths_never_echo_key_material(tmp_path: Path) -> None:
     home = KmsHome.create(tmp_path, chain_id=CHAIN)
     bad = tmp_path / "secrets" / f"{CHAIN}.key"
     bad.write_text(base64.b64encode(secret).decode())
-    config = home.write_config([f"tcp://127.0.0.1:{_unused_port()}"])
+    config = home.write_config([f"tcp://127.0.0.1:{free_tcp_port()}"])
     outputs = []
-    result = run_cli("start", "-v", "-c", config)
+    result = run_tmkms("start", "-v", "-c", config)
     assert result.returncode == 3, result.stderr
     assert str(bad) in result.stderr
     outputs.append(result.stdout + result.stderr)
@@ -268,7 +239,7 @@ def test_error_paths_never_echo_key_material(tmp_path: Path) -> None:
     secrets["hex identity"] = hex_secret
     bad.write_text(base64.b64encode(bytes(home.consensus)).decode())
     (tmp_path / "secrets" / "kms-identity.key").write_text(hex_secret.hex() + "!")
-    result = run_cli("start", "-v", "-c", config)
+    result = run_tmkms("start", "-v", "-c", config)
     assert result.returncode == 3, (result.stdout, result.stderr)
     assert result.stderr.strip().splitlines() == [
         f"error: {tmp_path}/secrets/kms-identity.key: key file is not valid base64"
@@ -283,7 +254,7 @@ def test_error_paths_never_echo_key_material(tmp_path: Path) -> None:
     pvk = tmp_path / "mismatched.json"
     pvk.write_text(json.dumps(mismatched))
     secrets.update(key_secrets("imported", other))
-    result = run_cli("softsign", "import", pvk, tmp_path / "out.key")
+    result = run_tmkms("softsign", "import", pvk, tmp_path / "out.key")
     assert result.returncode != 0 and str(pvk) in result.stderr
     assert not (tmp_path / "out.key").exists()
     outputs.append(result.stdout + result.stderr)

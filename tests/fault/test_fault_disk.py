@@ -21,15 +21,14 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
-from conftest import fault_counted
-from faultkit import KmsHome, Ledger, accept, ask, block, log_book, start_kms
-from kmsproc import KmsProcess, run_tmkms
 
 from kms.chain.state import BlockRef, SignState
 from kms.chain.stateformat import format_state
 from kms.chain.store import StateFile
 from kms.testing.node import SignerClient, simulated_node
 from kms.transport.address import Address
+from tests.fault.kit import KmsHome, Ledger, accept, ask, block, fault_counted, log_book, start_kms
+from tests.support.kmsproc import KmsProcess, run_tmkms
 
 ERR_SIGNER = 3  # the handler's RemoteSignerError code when signing failed (state not saved)
 ERR_DOUBLE_SIGN = 2

@@ -17,21 +17,17 @@
 
 from __future__ import annotations
 
-import base64
 import collections
 import os
 import random
 import re
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import attrs
-import oracle
 import trio
-from kmsproc import KmsProcess, chain_toml, validator_toml
 from nacl.signing import SigningKey, VerifyKey
 
 from kms.chain.state import SignState
@@ -46,8 +42,16 @@ from kms.protocol.messages import (
 )
 from kms.testing.consensus import make_proposal, make_vote
 from kms.testing.node import SignerClient, SimulatedNode
+from tests.support import oracle
+from tests.support.kmsproc import (
+    TMKMS,
+    KmsProcess,
+    chain_toml,
+    tmkms_start,
+    validator_toml,
+    write_key,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 NIL = BlockId()
 CRASH_CODE = 86
 
@@ -60,14 +64,18 @@ LINK_ERRORS = (
     OSError,
 )
 
+#: What each scenario counted, printed in the terminal summary by tests/fault/conftest.py.
+FAULT_COUNTS: dict[str, dict[str, int]] = {}
+
+
+def fault_counted(scenario: str, **counts: int) -> None:
+    """Add ``counts`` (requests, crashes, signatures, conflicts...) to a fault-suite scenario."""
+    totals = FAULT_COUNTS.setdefault(scenario, {})
+    for key, value in counts.items():
+        totals[key] = totals.get(key, 0) + value
+
+
 # ---------------------------------------------------------------- keys, config
-
-
-def write_key(path: Path, key: SigningKey) -> None:
-    """A softsign key file (base64 seed), 0600 in a 0700 folder."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.write_text(base64.b64encode(bytes(key)).decode() + "\n")
-    path.chmod(0o600)
 
 
 def block(rng: random.Random) -> BlockId:
@@ -472,44 +480,18 @@ CRASH_POINTS = (
 )
 
 
-@asynccontextmanager
-async def start_kms(
+def start_kms(
     config: Path,
     *extra: str,
     shim: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
-) -> AsyncIterator[KmsProcess]:
+) -> AbstractAsyncContextManager[KmsProcess]:
     """`tmkms start -c CONFIG`, through ``SHIM`` when ``shim`` (FAULTKIT_* settings) is given.
 
     On exit the process is stopped (SIGTERM, then SIGKILL) if it still runs.
     """
-    if shim is None:
-        argv = [sys.executable, "-m", "kms", "start", "-c", str(config), *extra]
-    else:
-        argv = [sys.executable, "-c", SHIM, "start", "-c", str(config), *extra]
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {}), **(shim or {})}
-    process = await trio.lowlevel.open_process(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=full_env,
-        cwd=str(REPO),
-    )
-    kms = KmsProcess(process)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(kms._read)
-        try:
-            yield kms
-        finally:
-            with trio.CancelScope(shield=True):
-                if process.returncode is None:
-                    process.terminate()
-                    with trio.move_on_after(10):
-                        await process.wait()
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+    launcher = TMKMS if shim is None else [sys.executable, "-c", SHIM]
+    return tmkms_start(config, *extra, env={**(env or {}), **(shim or {})}, launcher=launcher)
 
 
 def open_fds(pid: int) -> int:
