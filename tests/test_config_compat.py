@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import trio
 from nacl.signing import SigningKey
-from test_metrics_e2e import http_get, metrics_base
 
 from kms.chain.state import BlockRef, SignState
 from kms.chain.stateformat import COMETBFT_STATE_FILE, format_state, parse_state
@@ -31,6 +30,7 @@ from tests.support.kmsproc import (
     validator_toml,
     write_key,
 )
+from tests.support.metrics import http_get, metrics_base
 
 # A tmkms.toml as a tmkms v0.15 operator may have it (every key of tmkms's structs that this
 # KMS supports), plus tmkms's `[metrics] bind_address` (its Prometheus exporter).

@@ -5,93 +5,23 @@ from __future__ import annotations
 
 import json
 import random
-import re
-import urllib.error
-import urllib.request
-from email.message import Message
 from pathlib import Path
-from typing import Any
 
 import trio
 from nacl.signing import SigningKey
-from prometheus_client.parser import text_string_to_metric_families
 
 from kms.protocol.messages import SignedMsgType, SignVoteRequest
 from kms.testing.consensus import make_proposal, make_vote, random_block_id
 from kms.testing.node import simulated_node
 from kms.transport.address import Address
 from tests.support.kmsproc import (
-    KmsProcess,
     chain_toml,
     free_tcp_port,
     tmkms_start,
     validator_toml,
     write_key,
 )
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _open(url: str, method: str = "GET") -> tuple[int, Message, bytes]:
-    request = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=5) as reply:
-            return reply.status, reply.headers, reply.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.headers, exc.read()
-
-
-def _get(url: str) -> tuple[int, str, bytes]:
-    status, headers, body = _open(url)
-    return status, headers.get("Content-Type", ""), body
-
-
-async def http_get(url: str) -> tuple[int, str, bytes]:
-    """GET ``url`` with urllib in a worker thread: (status, content type, body)."""
-    return await trio.to_thread.run_sync(_get, url)
-
-
-async def scrape(base: str) -> Samples:
-    """Every sample of /metrics, parsed by prometheus-client's own parser."""
-    status, content_type, body = await http_get(f"{base}/metrics")
-    assert status == 200
-    assert content_type.startswith("text/plain; version=0.0.4")
-    samples: Samples = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The one sample called ``name`` whose labels include ``labels``."""
-    found = [
-        v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= dict(ls).items()
-    ]
-    assert len(found) == 1, f"{len(found)} samples {name}{labels}"
-    return found[0]
-
-
-async def metrics_base(kms: KmsProcess) -> str:
-    """The http://host:port the KMS says it serves metrics on."""
-    line = (await kms.wait_for(r"serving metrics on http://\S+/metrics"))[0]
-    match = re.search(r"http://(\S+)/metrics", line)
-    assert match is not None
-    return f"http://{match.group(1)}"
-
-
-async def wait_ready(base: str, ready: bool, timeout: float = 15.0) -> dict[str, Any]:
-    """Poll /readyz until it says ``ready`` (200) or not (503); return the body."""
-    with trio.fail_after(timeout):
-        while True:
-            status, content_type, body = await http_get(f"{base}/readyz")
-            assert content_type == "application/json"
-            doc = json.loads(body)
-            assert status == (200 if doc["ready"] else 503)
-            if doc["ready"] is ready:
-                return doc
-            await trio.sleep(0.05)
+from tests.support.metrics import http_get, http_request, metrics_base, scrape, value, wait_ready
 
 
 async def accept_and_slam(listener: trio.SocketListener, count: int) -> None:
@@ -237,9 +167,9 @@ async def test_endpoints_methods_and_unknown_paths(tmp_path: Path) -> None:
         async with tmkms_start(config, "--metrics", "127.0.0.1:0") as kms:
             base = await metrics_base(kms)
             assert (await http_get(f"{base}/nope"))[0] == 404
-            head = await trio.to_thread.run_sync(_open, f"{base}/metrics", "HEAD")
+            head = await trio.to_thread.run_sync(http_request, f"{base}/metrics", "HEAD")
             assert head[0] == 200 and head[1]["Content-Length"] != "0" and head[2] == b""
-            post = await trio.to_thread.run_sync(_open, f"{base}/metrics", "POST")
+            post = await trio.to_thread.run_sync(http_request, f"{base}/metrics", "POST")
             assert post[0] == 405 and post[1]["Allow"] == "GET, HEAD"
             host, port = base.removeprefix("http://").rsplit(":", 1)
             stream = await trio.open_tcp_stream(host, int(port))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import trio
 from nacl.signing import SigningKey
-from test_metrics_e2e import http_get, metrics_base
 
 from kms.chain.state import SignState
 from kms.chain.stateformat import parse_state
@@ -21,6 +20,7 @@ from kms.testing.consensus import make_vote, random_block_id
 from kms.testing.node import simulated_node
 from kms.transport.address import Address
 from tests.support.kmsproc import run_tmkms, tmkms_start, write_key
+from tests.support.metrics import http_get, metrics_base
 
 CHAIN = "ops-1"
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import trio
-from test_metrics_e2e import metrics_base, scrape, value
 from test_reload import config_text, home
 
 from kms.protocol.messages import SignedMsgType
@@ -22,6 +21,7 @@ from kms.testing.consensus import make_vote, random_block_id
 from kms.testing.node import SignerClient, simulated_node
 from kms.transport.address import Address
 from tests.support.kmsproc import KmsProcess, tmkms_start
+from tests.support.metrics import metrics_base, scrape, value
 
 MAX_GAP = 0.050
 
