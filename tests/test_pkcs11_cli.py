@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kmsproc import priv_validator_key_json, run_tmkms
 from nacl.signing import SigningKey
 from pkcs11 import Attribute, KeyType
 
 from kms.keys import amino_encode_public_key, bech32_encode
+from tests.support.kmsproc import priv_validator_key_json, run_tmkms
 from tests.support.softhsm import (
     SoftHsm,
     private_key_flags,

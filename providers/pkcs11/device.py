@@ -112,6 +112,8 @@ class Pkcs11Device:
                 continue
             except Pkcs11Timeout as exc:
                 reason = f"the PKCS#11 module did not answer within {self.deadline:g} s"
+                if running := self.worker.stuck_for():
+                    reason += f" (its current call has been running for {running:.2f} s)"
                 self._report(False, reason)
                 raise SignerError(f"{what}: {reason}") from exc
             except Pkcs11PinRejected as exc:
