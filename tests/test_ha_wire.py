@@ -293,3 +293,23 @@ def test_refusals_carry_a_reason_and_the_right_code() -> None:
     assert RefusalCause.from_etcd(EtcdCause.UNAVAILABLE) is RefusalCause.UNAVAILABLE
     error = EtcdError(EtcdCause.TLS, "x", endpoint="https://a:1", sent=False)
     assert str(error) == "etcd https://a:1: x"
+
+
+def test_settings_take_one_endpoint_as_a_string() -> None:
+    assert EtcdSettings("http://127.0.0.1:2379").endpoints == ("http://127.0.0.1:2379",)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)]
+)
+def test_a_missing_etcd_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
+) -> None:
+    from tests.support import etcd as support
+
+    monkeypatch.delenv("ETCD_BINARY", raising=False)
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.setattr(support.shutil, "which", lambda name: None)
+    monkeypatch.setattr(support.os, "access", lambda path, mode: False)
+    with pytest.raises(outcome, match="etcd binary not found"):
+        support.etcd_binary()

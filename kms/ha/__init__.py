@@ -8,7 +8,8 @@ Layers, bottom up (each its own module):
 * :mod:`kms.ha.watermark` -- the stored value (tmkms state + host + nonce);
 * :mod:`kms.ha.cas` -- one chain's check-and-set, sans-IO (:class:`CasMachine`);
 * :mod:`kms.ha.batch` -- group commit of many chains' ops into one txn;
-* :mod:`kms.ha.store` -- :class:`SharedWatermarkStore`, the tracker's StateStore;
+* :mod:`kms.ha.store` -- :class:`SharedWatermarkStore`, the tracker's StateStore, and
+  :mod:`kms.ha.outcome` -- what it reports (the metrics observer, first contact);
 * :mod:`kms.ha.settings` / :mod:`kms.ha.shared` -- ``[etcd]`` and the per-process wiring;
 * :mod:`kms.ha.admin` -- reading and raising a watermark for ``tmkms state``.
 """
@@ -21,9 +22,10 @@ from kms.ha.errors import (
     HaRefused,
     RefusalCause,
 )
+from kms.ha.outcome import CasObserver, Reconciled
 from kms.ha.settings import EtcdSettings, open_client
 from kms.ha.shared import SharedWatermarks
-from kms.ha.store import CasObserver, Reconciled, SharedWatermarkStore
+from kms.ha.store import SharedWatermarkStore
 
 __all__ = [
     "CasObserver",

@@ -11,6 +11,7 @@ Neither ever shows the password.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
@@ -32,11 +33,17 @@ def _path(value: str | Path | None) -> Path | None:
     return None if value is None else Path(value)
 
 
+def _endpoints(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):  # one URL, not its characters
+        return (value,)
+    return tuple(value)
+
+
 @attrs.frozen
 class EtcdSettings:
     """The ``[etcd]`` keys. ``host`` defaults to this machine's host name."""
 
-    endpoints: tuple[str, ...] = attrs.field(converter=tuple)
+    endpoints: tuple[str, ...] = attrs.field(converter=_endpoints)
     prefix: str = DEFAULT_PREFIX
     host: str = attrs.field(factory=socket.gethostname)
     timeout: float = DEFAULT_TIMEOUT

@@ -12,8 +12,9 @@ from kms.chain.durable import StateStore
 from kms.ha.batch import TxnBatcher
 from kms.ha.client import EtcdClient
 from kms.ha.errors import EtcdCause, EtcdError
+from kms.ha.outcome import CasObserver
 from kms.ha.settings import EtcdSettings, open_client
-from kms.ha.store import CasObserver, SharedWatermarkStore
+from kms.ha.store import SharedWatermarkStore
 from kms.ha.wire import Status
 
 __all__ = ["SharedWatermarks"]

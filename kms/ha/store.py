@@ -34,9 +34,8 @@ import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
-import attrs
 import trio
 
 from kms.chain.durable import StateStore
@@ -45,10 +44,11 @@ from kms.ha.batch import Pending, TxnBatcher
 from kms.ha.cas import CasMachine, CasOp, Decision, ReadOp, ReconcileAction, Verdict, plan_reconcile
 from kms.ha.client import EtcdClient
 from kms.ha.errors import EtcdCause, EtcdError, HaDoubleSignRefused, HaRefused, RefusalCause
-from kms.ha.watermark import Stored
+from kms.ha.outcome import CasObserver, Reconciled, Silent
+from kms.ha.watermark import Stored, watermark_key
 from kms.ha.wire import RangeResult
 
-__all__ = ["CasObserver", "Reconciled", "SharedWatermarkStore"]
+__all__ = ["SharedWatermarkStore"]
 
 log = logging.getLogger("kms.ha")
 T = TypeVar("T")
@@ -58,37 +58,6 @@ RETRY_CAP = 0.1
 # Worth another try within the timeout (maybe at another member): a broken connection, no
 # leader, a garbled or cut reply. Refused auth or TLS would only be refused again.
 _TRANSIENT = (EtcdCause.UNREACHABLE, EtcdCause.UNAVAILABLE, EtcdCause.PROTOCOL)
-
-
-class CasObserver(Protocol):
-    """Where check-and-set outcomes go (metrics), without this package importing them."""
-
-    def cas_won(self, chain_id: str, seconds: float) -> None: ...
-
-    def cas_lost(self, chain_id: str) -> None: ...
-
-    def cas_refused(self, chain_id: str, cause: str) -> None: ...
-
-
-class _Silent:
-    def cas_won(self, chain_id: str, seconds: float) -> None:
-        pass
-
-    def cas_lost(self, chain_id: str) -> None:
-        pass
-
-    def cas_refused(self, chain_id: str, cause: str) -> None:
-        pass
-
-
-@attrs.frozen
-class Reconciled:
-    """What first contact did: ``local`` and ``shared`` are the states it left behind."""
-
-    action: ReconcileAction
-    local: SignState
-    shared: SignState
-    writer: str  # the host named in the stored watermark
 
 
 class _Stop(Exception):
@@ -123,10 +92,10 @@ class SharedWatermarkStore:
         self._client = client
         self._host = host
         self._batcher = batcher if batcher is not None else TxnBatcher(client)
-        self.key = f"{prefix}{chain_id}".encode()
+        self.key = watermark_key(prefix, chain_id)
         self._timeout = timeout
         self._max_height = max_height
-        self._observer: CasObserver = observer if observer is not None else _Silent()
+        self._observer: CasObserver = observer if observer is not None else Silent()
         self._lock = trio.Lock()
         self._local_state: SignState | None = None
         self._known: Stored | None = None  # the stored value as last seen (a guess)

@@ -24,11 +24,23 @@ from kms.chain.state import SignState
 from kms.chain.stateformat import format_state, parse_state
 from kms.ha.wire import KeyValue, RangeResult
 
-__all__ = ["Stored", "Watermark", "format_watermark", "new_nonce", "parse_watermark"]
+__all__ = [
+    "Stored",
+    "Watermark",
+    "format_watermark",
+    "new_nonce",
+    "parse_watermark",
+    "watermark_key",
+]
 
 NONCE_BYTES = 12
 _NONCE = re.compile(r"[0-9a-f]{16,64}\Z")
 MAX_HOST = 255
+
+
+def watermark_key(prefix: str, chain_id: str) -> bytes:
+    """The etcd key of ``chain_id``'s watermark: ``<prefix><chain_id>``."""
+    return f"{prefix}{chain_id}".encode()
 
 
 def new_nonce() -> str:

@@ -338,7 +338,7 @@ class EtcdCluster:
     def enable_auth(self, user: str, password: str, prefix: str, root_password: str) -> None:
         """Add ``root`` and ``user`` (read/write on ``prefix`` only), then enable auth."""
         end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        for path, body in [
+        steps: list[tuple[str, dict[str, Any]]] = [
             ("/v3/auth/user/add", {"name": "root", "password": root_password}),
             ("/v3/auth/role/add", {"name": "root"}),
             ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
@@ -353,7 +353,8 @@ class EtcdCluster:
             ("/v3/auth/user/add", {"name": user, "password": password}),
             ("/v3/auth/user/grant", {"user": user, "role": "tmkms"}),
             ("/v3/auth/enable", {}),
-        ]:
+        ]
+        for path, body in steps:
             reply = self.post(self.wait_leader(), path, body)
             if "error" in reply:
                 raise RuntimeError(f"{path}: {reply['error']}")
