@@ -169,7 +169,7 @@ async def test_a_stopped_member_costs_only_its_share_of_the_deadline(etcd: EtcdC
         elapsed = time.monotonic() - started
         assert not scope.cancelled_caught
         assert result.kvs == ()
-        assert 0.3 <= elapsed < 0.6  # a third of the second, then the next member
+        assert 0.3 <= elapsed < 0.6, elapsed  # a third of the second, then the next member
         assert client.endpoint == etcd.endpoints[order[1]]
 
 
@@ -178,9 +178,10 @@ async def test_the_deadline_is_the_callers(etcd: EtcdCluster) -> None:
         await blocking(etcd.stop, 0)
         started = time.monotonic()
         with trio.fail_after(LIMIT), trio.move_on_after(0.3) as scope:
-            await client.range(fresh_key())
-        assert scope.cancelled_caught
-        assert 0.29 <= time.monotonic() - started < 0.5
+            result = await client.range(fresh_key())
+        elapsed = time.monotonic() - started
+        assert scope.cancelled_caught, (result, elapsed)
+        assert 0.29 <= elapsed < 0.5
 
 
 async def test_a_member_without_leader_says_so_at_once(etcd: EtcdCluster) -> None:

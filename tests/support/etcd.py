@@ -208,9 +208,19 @@ class EtcdCluster:
         member.stopped = False
 
     def stop(self, index: int) -> None:
-        """SIGSTOP member ``index`` (it keeps its sockets and answers nothing)."""
+        """SIGSTOP member ``index`` (it keeps its sockets and answers nothing).
+
+        Returns once every thread of the process is stopped: the signal is asynchronous,
+        and a thread still running could answer one more request.
+        """
         self._signal(index, signal.SIGSTOP)
         self.members[index].stopped = True
+        proc = self.members[index].proc
+        if proc is None:
+            return
+        deadline = time.monotonic() + 5.0
+        while not _all_stopped(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def cont(self, index: int) -> None:
         """SIGCONT member ``index``."""
@@ -366,6 +376,20 @@ class EtcdCluster:
             if member.proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     member.proc.wait(timeout=10)
+
+
+def _all_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is in the stopped state (``T`` in /proc)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        for task in tasks:
+            with open(f"/proc/{pid}/task/{task}/stat", "rb") as stat:
+                state = stat.read().rsplit(b")", 1)[1].split()[0]
+            if state not in (b"T", b"t"):
+                return False
+    except (OSError, IndexError):
+        return True  # gone: nothing left to answer
+    return True
 
 
 def b64(text: str | bytes) -> str:
