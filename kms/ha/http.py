@@ -91,11 +91,12 @@ class _Conn:
         sock = getattr(stream, "socket", None)
         if sock is None:
             return False
+        poller = select.poll()  # not select(): no limit on the descriptor's number
         try:
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+            poller.register(sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
         except (OSError, ValueError):
             return True
-        return bool(readable)
 
 
 class Endpoint:
@@ -115,24 +116,23 @@ class Endpoint:
     ) -> Reply:
         """POST ``body`` (JSON) to ``path``; the reply, whatever its status; EtcdError if none."""
         conn = await self._connection()
-        request = conn.h11.send(
-            h11.Request(
-                method="POST",
-                target=path,
-                headers=[
-                    (b"host", self._host_header),
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode("ascii")),
-                    *headers,
-                ],
-            )
-        )
-        assert request is not None
-        data = conn.h11.send(h11.Data(data=body))
-        end = conn.h11.send(h11.EndOfMessage())
         sent = False
         try:
-            await conn.stream.send_all(request + (data or b"") + (end or b""))
+            request = conn.h11.send(
+                h11.Request(
+                    method="POST",
+                    target=path,
+                    headers=[
+                        (b"host", self._host_header),
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode("ascii")),
+                        *headers,
+                    ],
+                )
+            )
+            data = conn.h11.send(h11.Data(data=body))
+            end = conn.h11.send(h11.EndOfMessage())
+            await conn.stream.send_all((request or b"") + (data or b"") + (end or b""))
             sent = True
             reply = await self._receive(conn)
         except BaseException as exc:
@@ -219,8 +219,10 @@ class Endpoint:
                 why += " (not a byte came back: a TLS-only endpoint? then use https://)"
         elif isinstance(exc, _TooLarge):
             cause, why = EtcdCause.PROTOCOL, f"reply larger than {MAX_REPLY} bytes: not etcd?"
-        elif isinstance(exc, h11.ProtocolError):
+        elif isinstance(exc, h11.RemoteProtocolError):
             cause, why = EtcdCause.PROTOCOL, f"not an HTTP/1.1 reply ({exc}): not etcd?"
+        elif isinstance(exc, h11.LocalProtocolError):
+            cause, why = EtcdCause.PROTOCOL, f"cannot send this request: {exc}"
         elif isinstance(root, OSError):
             cause, why = EtcdCause.UNREACHABLE, f"connection failed: {_describe(root)}"
         else:  # trio.BrokenResourceError / ClosedResourceError without an OSError behind
