@@ -92,7 +92,7 @@ class Pkcs11Worker:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._busy_since: float | None = None  # time.monotonic() the current job started
-        self.abandoned = 0  # calls that ran past their caller's deadline
+        self.abandoned = 0  # requests given up at their deadline (queued or running)
 
     def stuck_for(self) -> float:
         """Seconds the current call has been running (0.0 when idle)."""
@@ -103,23 +103,29 @@ class Pkcs11Worker:
         """Run ``call()`` in the worker thread; Pkcs11Timeout at trio time ``deadline``.
 
         Cancelling the caller abandons the job the same way (it never runs if still queued).
+        The caller sleeps in trio until the worker wakes it (one ``run_sync_soon``).
         """
         token = trio.lowlevel.current_trio_token()
-        done = trio.Event()
+        waiter: list[trio.lowlevel.Task] = [trio.lowlevel.current_task()]
 
-        def notify() -> None:
+        def wake() -> None:  # in the trio thread, so never concurrent with give_up()
+            if waiter:
+                trio.lowlevel.reschedule(waiter.pop())
+
+        def notify() -> None:  # in the worker thread
             with contextlib.suppress(trio.RunFinishedError):  # the caller's run has ended
-                token.run_sync_soon(done.set)
+                token.run_sync_soon(wake)
+
+        def give_up(_: object) -> trio.lowlevel.Abort:
+            waiter.clear()
+            job.abandon()
+            return trio.lowlevel.Abort.SUCCEEDED
 
         job: _Job[T] = _Job(call, notify)
         self._submit(job)
-        try:
-            with trio.move_on_at(deadline):
-                await done.wait()
-        except BaseException:
-            job.abandon()
-            raise
-        if done.is_set() or job.abandon():
+        with trio.move_on_at(deadline):
+            await trio.lowlevel.wait_task_rescheduled(give_up)
+        if job.state == _DONE:  # finished, possibly just as the deadline passed
             return job.outcome()
         self.abandoned += 1
         raise Pkcs11Timeout("the PKCS#11 module did not answer in time")
