@@ -260,3 +260,15 @@ async def test_a_refused_pin_is_never_tried_again(softhsm: SoftHsm) -> None:
         assert connection.stats.login_failures == 1 and connection.stats.logins == 1
         for text in messages:
             assert softhsm.pin not in text and "another-pin-0000" not in text
+
+
+async def test_a_module_finalised_behind_the_providers_back_is_initialised_again(
+    softhsm: SoftHsm,
+) -> None:
+    public = make_keys(softhsm, 1)
+    with opened(pkcs11_section(softhsm, keys_for(public))) as provider:
+        signer = signer_of(provider.keys)
+        await signer.sign(b"one")
+        assert raw_call(softhsm.module, "C_Finalize", 0) == 0  # C_Finalize(NULL)
+        VerifyKey(public["validator-0"]).verify(b"two", await signer.sign(b"two"))
+        assert signer.device.connection.stats.module_restarts == 1

@@ -243,3 +243,23 @@ async def test_the_service_closes_the_token_when_it_stops(softhsm: SoftHsm, tmp_
     await service.serve()  # no validators: returns at once
     await service.aclose()
     assert not module_initialized(softhsm.module)
+
+
+async def test_the_token_may_be_named_by_slot(softhsm: SoftHsm) -> None:
+    with softhsm.session() as session:
+        put_ed25519(session, "validator", b"\x01")
+        public = public_key_of(session, "validator")
+    doc = document(softhsm, [{"chain_ids": ["hsm-1"], "label": "validator"}])
+    provider_doc = doc["providers"]["pkcs11"][0]
+    del provider_doc["token_label"]
+    provider_doc["slot"] = softhsm.slots["kms"]
+    config = config_from_dict(doc, Path("tmkms.toml"), Path.cwd())
+    assert config.pkcs11 is not None and config.pkcs11.slot == softhsm.slots["kms"]
+    with opened(config.pkcs11) as provider:
+        signer = provider.keys[0].signer
+        VerifyKey(public).verify(b"x", await signer.sign(b"x"))
+    provider_doc["slot"] = softhsm.slots["kms"] + 1
+    config = config_from_dict(doc, Path("tmkms.toml"), Path.cwd())
+    assert config.pkcs11 is not None
+    with pytest.raises(SignerError, match=r"PKCS#11 slot \d+ not found"), opened(config.pkcs11):
+        pass

@@ -80,7 +80,13 @@ def is_session_error(exc: BaseException) -> bool:
 
 
 def is_token_error(exc: BaseException) -> bool:
-    """The token or the objects found on it are gone: the module must start over."""
+    """The token or the objects found on it are gone: the module must start over.
+
+    So is a module finalised behind the provider's back (python-pkcs11 reports
+    CKR_CRYPTOKI_NOT_INITIALIZED as a plain PKCS11Error saying "not initialized").
+    """
+    if type(exc) is ckr.PKCS11Error and "not initialized" in str(exc):
+        return True
     return isinstance(exc, TOKEN_ERRORS)
 
 
