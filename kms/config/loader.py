@@ -13,7 +13,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from kms.config.tables import Section, Table, describe, quote
 from kms.config.ids import chain_id
 from kms.config.model import (
     DEFAULT_HOOK_TIMEOUT,
@@ -29,6 +28,7 @@ from kms.config.model import (
     YubihsmConfig,
 )
 from kms.config.providers import choice, parse_pkcs11, parse_providers, section_list
+from kms.config.tables import Section, Table, describe, quote
 from kms.errors import ConfigError
 from kms.keys.bech32 import bech32_encode
 from kms.protocol.version import ProtocolVersion

@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kms.config.tables import Section, Table, describe
 from kms.config.ids import chain_id_list
 from kms.config.model import (
     DEFAULT_USB_TIMEOUT_MS,
@@ -22,6 +21,7 @@ from kms.config.model import (
     YubihsmConfig,
     YubihsmKeyConfig,
 )
+from kms.config.tables import Section, Table, describe
 from kms.logs import register_secret
 from kms.transport.address import parse_address
 
