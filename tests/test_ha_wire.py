@@ -296,7 +296,7 @@ def test_refusals_carry_a_reason_and_the_right_code() -> None:
 
 
 def test_settings_take_one_endpoint_as_a_string() -> None:
-    assert EtcdSettings("http://127.0.0.1:2379").endpoints == ("http://127.0.0.1:2379",)  # type: ignore[arg-type]
+    assert EtcdSettings("http://127.0.0.1:2379").endpoints == ("http://127.0.0.1:2379",)
 
 
 @pytest.mark.parametrize(

@@ -32,8 +32,8 @@ from typing import Any
 
 import attrs
 import pytest
-import trio
 
+from kms.chain.local import LocalStore
 from kms.chain.state import SignState
 from kms.chain.store import StateFile
 
@@ -430,18 +430,19 @@ def healed(cluster: EtcdCluster) -> EtcdCluster:
 
 
 class LocalFile:
-    """A chain's local state file as a ``StateStore`` (blocking I/O in a worker thread)."""
+    """A chain's local state: the project's LocalStore over a StateFile, counting saves."""
 
     def __init__(self, path: Path) -> None:
         self.file = StateFile(path)
+        self._store = LocalStore(self.file, label=path.name)
         self.saves = 0
 
     def describe(self) -> str:
-        return str(self.file.path)
+        return self._store.describe()
 
     async def load(self) -> SignState:
-        return await trio.to_thread.run_sync(self.file.load)
+        return await self._store.load()
 
     async def save(self, state: SignState) -> None:
-        await trio.to_thread.run_sync(self.file.save, state)
+        await self._store.save(state)
         self.saves += 1
