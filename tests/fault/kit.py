@@ -416,7 +416,7 @@ os.open, os.write, os.fsync, os.replace, os.close = (
 
 import trio
 import kms.chain.store
-import kms.session
+import kms.protocol.connection
 import providers.softsign
 
 real_exchange = kms.chain.store.rename_exchange
@@ -437,7 +437,7 @@ def fault_exchange(src, dst):
 kms.chain.store.rename_exchange = fault_exchange
 
 real_sign = providers.softsign.Ed25519SoftSigner.sign
-real_frame = kms.session.frame
+real_frame = kms.protocol.connection.frame
 real_send_all = trio.SocketStream.send_all
 replying = [False]
 
@@ -458,7 +458,7 @@ async def crashing_send_all(self, data):
         point("after_reply")
 
 providers.softsign.Ed25519SoftSigner.sign = crashing_sign
-kms.session.frame = crashing_frame
+kms.protocol.connection.frame = crashing_frame
 trio.SocketStream.send_all = crashing_send_all
 
 from kms.cli import main
