@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from nacl.signing import SigningKey
-from pkcs11 import Attribute, KeyType
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
 from kms.keys import amino_encode_public_key, bech32_encode
 from tests.support.kmsproc import priv_validator_key_json, run_tmkms
@@ -129,8 +129,6 @@ def test_import_signs_like_the_seed_and_refuses_to_overwrite(
     )
     assert_validator_key(softhsm, "validator", "01", public, generated=False)
     with softhsm.session() as session:
-        from pkcs11 import Mechanism, ObjectClass
-
         key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label="validator")
         for message in (b"", b"vote sign bytes", bytes(range(256))):
             signature = key.sign(message, mechanism=Mechanism.EDDSA)
