@@ -108,13 +108,13 @@ class TokenConnection:
         """
         try:
             self._ensure()
+            assert self._session is not None
+            return [
+                find_public_key(self._session, selector, key)
+                for selector, key in zip(self.selectors, self._keys, strict=True)
+            ]
         except PKCS11Error as exc:
             raise Pkcs11Unavailable(f"PKCS#11 {self.token} unavailable: {ckr_name(exc)}") from exc
-        assert self._session is not None
-        return [
-            find_public_key(self._session, selector, key)
-            for selector, key in zip(self.selectors, self._keys, strict=True)
-        ]
 
     def sign(self, index: int, message: bytes) -> bytes:
         """Sign ``message`` with key number ``index`` (CKM_EDDSA), repairing once if needed."""
