@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import trio
 
 from kms.chain.state import BlockRef, SignState
+from kms.config.etcd import EtcdSettings
 from kms.ha.batch import TxnBatcher
 from kms.ha.client import EtcdClient, encode
-from kms.ha.settings import EtcdSettings
 from kms.ha.shared import SharedWatermarks
 from kms.ha.store import SharedWatermarkStore
 from kms.ha.wire import b64

@@ -21,7 +21,6 @@ open already, a softsign section of a running chain, ``[metrics]``, and ``[etcd]
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import attrs
 
@@ -97,7 +96,7 @@ def plan_reload(running: KmsConfig, new: KmsConfig) -> ReloadPlan:
     new_validators = [v for v in new.validators if not frozen(v)]
     if running.metrics != new.metrics:
         not_applied.append("[metrics]")
-    if getattr(running, "etcd", None) != getattr(new, "etcd", None):
+    if running.etcd != new.etcd:
         not_applied.append("[etcd]")
     return ReloadPlan(
         add_chains=tuple(added),
@@ -122,11 +121,16 @@ def merge_config(running: KmsConfig, new: KmsConfig, plan: ReloadPlan) -> KmsCon
     softsign = (
         tuple(s for s in running.softsign if not set(s.chain_ids) <= removed) + plan.add_softsign
     )
-    kept = {name: getattr(running, name) for name in _RESTART_ONLY if hasattr(running, name)}
-    return attrs.evolve(new, chains=chains, validators=validators, softsign=softsign, **kept)
-
-
-_RESTART_ONLY = ("metrics", "yubihsm", "pkcs11", "etcd")
+    return attrs.evolve(
+        new,
+        chains=chains,
+        validators=validators,
+        softsign=softsign,
+        metrics=running.metrics,
+        yubihsm=running.yubihsm,
+        pkcs11=running.pkcs11,
+        etcd=running.etcd,
+    )
 
 
 def _refuse_moved_state_files(
@@ -173,22 +177,16 @@ def _new_softsign(
 def _hsm_chains(running: KmsConfig, new: KmsConfig, not_applied: list[str]) -> set[str]:
     """Chains whose keys are in HSM sections; a changed section is named in ``not_applied``."""
     chains: set[str] = set()
-    for name in ("yubihsm", "pkcs11"):
-        before, after = getattr(running, name, None), getattr(new, name, None)
+    for name, before, after in (
+        ("yubihsm", running.yubihsm, new.yubihsm),
+        ("pkcs11", running.pkcs11, new.pkcs11),
+    ):
         if before != after:
             not_applied.append(f"[[providers.{name}]]")
-        for section in _sections(after):
-            for key in section.keys:
+        if after is not None:
+            for key in after.keys:
                 chains.update(key.chain_ids)
     return chains
-
-
-def _sections(value: Any) -> Iterable[Any]:
-    if value is None:
-        return ()
-    if isinstance(value, tuple):
-        return value
-    return (value,)
 
 
 def _missing(

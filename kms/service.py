@@ -14,12 +14,14 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 
 from kms import __version__
 from kms.backoff import Backoff
+from kms.chain.durable import StateStore
 from kms.chain.hook import apply_state_hook
 from kms.chain.local import LocalStore
 from kms.chain.store import StateFile
@@ -32,11 +34,14 @@ from kms.keyring import add_softsign, build_registry
 from kms.keys import load_ed25519_key, warn_if_readable_by_others
 from kms.lock import StateLocks, lock_state_files
 from kms.ops.runtime import Operations
-from kms.ops.stats import KmsMetrics, ValidatorMetrics
+from kms.ops.stats import HaMetrics, KmsMetrics, ValidatorMetrics
 from kms.reload import ReloadPlan, merge_config, plan_reload
 from kms.sdnotify import ReadyNotifier, notify
 from kms.session import Session, describe_error
 from providers import Registry
+
+if TYPE_CHECKING:
+    from kms.ha.shared import SharedWatermarks
 
 log = logging.getLogger("kms.service")
 start_log = logging.getLogger("kms.commands.start")
@@ -78,6 +83,8 @@ class Service:
     _nursery: trio.Nursery | None = attrs.field(default=None, init=False)
     _reloading: trio.Lock = attrs.field(factory=trio.Lock, init=False)
     _serving: trio.Event = attrs.field(factory=trio.Event, init=False)
+    #: the shared watermarks, with [etcd] (kms.ha.shared.SharedWatermarks)
+    ha: SharedWatermarks | None = None
 
     @classmethod
     async def open(
@@ -91,21 +98,27 @@ class Service:
         registry = build_registry(config, metrics)
         service = cls(config=config, registry=registry, trackers={}, metrics=metrics, locks=locks)
         try:
+            if config.etcd is not None:
+                from kms.ha.shared import SharedWatermarks
+
+                metrics.ha = HaMetrics()
+                service.ha = SharedWatermarks(config.etcd, observer=metrics.ha)
             for chain in config.chains:
                 if chain.id in registry:
                     await service._open_chain(chain)
         except BaseException:
-            await _close_registry(registry)
+            await service.aclose()
             raise
         return service
 
     async def _open_chain(self, chain: ChainConfig) -> ChainTracker:
         """Open ``chain``'s tracker (state file, state hook) and report it in the metrics."""
+        max_height = _max_height(self.config, chain)
+        store: StateStore = LocalStore(StateFile(chain.state_file), self.writer, label=chain.id)
+        if self.ha is not None:  # every signature also wins the shared watermark first
+            store = self.ha.store(chain.id, store, max_height=max_height)
         tracker = ChainTracker(
-            chain.id,
-            LocalStore(StateFile(chain.state_file), self.writer, label=chain.id),
-            self.registry.consensus(chain.id),
-            max_height=_max_height(self.config, chain),
+            chain.id, store, self.registry.consensus(chain.id), max_height=max_height
         )
         await tracker.open()
         if chain.state_hook is not None:
@@ -117,6 +130,9 @@ class Service:
 
     async def aclose(self) -> None:
         """Release the providers (a YubiHSM session, say); at most ``CLOSE_TIMEOUT`` seconds."""
+        if self.ha is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                await self.ha.aclose()
         await _close_registry(self.registry)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -124,6 +140,10 @@ class Service:
         async with trio.open_nursery() as providers:
             for task in self.registry.tasks():  # providers' own (an HSM keepalive, say)
                 providers.start_soon(task)
+            if self.ha is not None and self.metrics.ha is not None:
+                from kms.ha.watch import watch_etcd
+
+                providers.start_soon(watch_etcd, self.ha, lambda: self.trackers, self.metrics.ha)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 for validator in self.config.validators:
@@ -202,6 +222,8 @@ class Service:
         """Drop a chain's tracker, keys and state file lock (no validator of it runs)."""
         self.trackers.pop(chain.id, None)
         self.metrics.chains.pop(chain.id, None)
+        if self.ha is not None:
+            self.ha.forget(chain.id)
         self.registry.remove_chain(chain.id)
         if self.locks is not None:
             self.locks.release_one(chain.state_file)

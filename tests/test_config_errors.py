@@ -56,7 +56,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "unknown-top-level-key",
         "foo = 1\n" + GOOD,
-        'top level: key "foo": unknown key (expected one of: chain, providers, validator, metrics)',
+        'top level: key "foo": unknown key (expected one of: chain, providers, validator, metrics, etcd)',
     ),
     (
         "chain-as-plain-table",

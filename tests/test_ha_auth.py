@@ -17,9 +17,10 @@ import pytest
 import trio
 
 from kms.chain.state import BlockRef, SignState
+from kms.config.etcd import EtcdSettings
 from kms.ha.client import EtcdClient, Secret, encode
 from kms.ha.errors import EtcdCause, EtcdError, HaRefused
-from kms.ha.settings import EtcdSettings, open_client
+from kms.ha.settings import open_client
 from kms.ha.store import SharedWatermarkStore
 from kms.ha.wire import b64
 from tests.support.etcd import EtcdCluster, LocalFile, healed, module_cluster

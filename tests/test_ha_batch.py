@@ -15,10 +15,10 @@ import trio
 import trio.lowlevel
 
 from kms.chain.state import BlockRef, SignState
+from kms.config.etcd import EtcdSettings
 from kms.ha.batch import Pending, TxnBatcher
 from kms.ha.cas import CasOp, ReadOp
 from kms.ha.client import EtcdClient
-from kms.ha.settings import EtcdSettings
 from kms.ha.shared import SharedWatermarks
 from kms.ha.watermark import format_watermark, parse_watermark
 from kms.ha.wire import RangeResult, TxnResult

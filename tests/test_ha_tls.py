@@ -23,10 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kms.chain.state import BlockRef, SignState
+from kms.config.etcd import EtcdSettings
 from kms.errors import ConfigError
 from kms.ha.client import EtcdClient
 from kms.ha.errors import EtcdCause, EtcdError
-from kms.ha.settings import EtcdSettings, open_client
+from kms.ha.settings import open_client
 from kms.ha.store import SharedWatermarkStore
 from kms.ha.tls import client_context
 from tests.support.etcd import ClusterTls, EtcdCluster, LocalFile, healed, module_cluster

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from kms.config.etcd import EtcdSettings
 from kms.errors import ConfigError
 from kms.ha.client import EtcdClient, Secret, encode
 from kms.ha.errors import EtcdCause, EtcdError, HaDoubleSignRefused, HaRefused, RefusalCause
-from kms.ha.http import parse_endpoint
-from kms.ha.settings import EtcdSettings, open_client, read_password
+from kms.ha.settings import open_client, read_password
 from kms.ha.wire import (
     KeyValue,
     RangeResult,
@@ -29,6 +29,7 @@ from kms.ha.wire import (
     parse_txn,
     unb64,
 )
+from kms.transport.address import parse_endpoint
 
 HEADER = '"header":{"cluster_id":"324952591200643719","member_id":"3319814642761637952","revision":"3","raft_term":"2"}'
 RANGE_EMPTY = "{" + HEADER + "}"
@@ -289,7 +290,7 @@ def test_refusals_carry_a_reason_and_the_right_code() -> None:
     assert refused.reason == "ha_ambiguous"
     assert refused.code == 1
     rule = HaDoubleSignRefused("double signing requested at height: 5", "detail")
-    assert rule.reason == "ha_rule" and rule.code == 2
+    assert rule.reason == "ha_lost" and rule.code == 2
     assert RefusalCause.from_etcd(EtcdCause.UNAVAILABLE) is RefusalCause.UNAVAILABLE
     error = EtcdError(EtcdCause.TLS, "x", endpoint="https://a:1", sent=False)
     assert str(error) == "etcd https://a:1: x"

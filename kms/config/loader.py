@@ -13,6 +13,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from kms.config.etcd import DEFAULT_TIMEOUT as DEFAULT_ETCD_TIMEOUT
+from kms.config.etcd import MAX_TIMEOUT as MAX_ETCD_TIMEOUT
+from kms.config.etcd import EtcdSettings
 from kms.config.ids import chain_id
 from kms.config.model import (
     DEFAULT_HOOK_TIMEOUT,
@@ -84,7 +87,9 @@ def load_config(path: Path) -> KmsConfig:
 def config_from_dict(doc: dict[str, Any], file: Path, base: Path) -> KmsConfig:
     """Validate an already-parsed TOML document; relative paths are joined to ``base``."""
     top = Table(doc, Section(file, "top level"))
-    top.allow(["chain", "providers", "validator", "metrics"], unsupported=UNSUPPORTED_SECTIONS)
+    top.allow(
+        ["chain", "providers", "validator", "metrics", "etcd"], unsupported=UNSUPPORTED_SECTIONS
+    )
     chains = _chains(section_list(top, "chain", "chain"), file, base)
     providers_raw = doc.get("providers")
     if providers_raw is not None and not isinstance(providers_raw, dict):
@@ -101,6 +106,9 @@ def config_from_dict(doc: dict[str, Any], file: Path, base: Path) -> KmsConfig:
     metrics = None
     if "metrics" in doc:
         metrics = _metrics(doc["metrics"], top, file)
+    etcd = None
+    if "etcd" in doc:
+        etcd = _etcd(doc["etcd"], top, file, base)
     return KmsConfig(
         path=file,
         chains=tuple(chains.values()),
@@ -109,6 +117,7 @@ def config_from_dict(doc: dict[str, Any], file: Path, base: Path) -> KmsConfig:
         validators=validators,
         metrics=metrics,
         pkcs11=pkcs11,
+        etcd=etcd,
     )
 
 
@@ -324,3 +333,25 @@ def _metrics(raw: Any, top: Table, file: Path) -> MetricsConfig:
             key, f"expected host:port such as 127.0.0.1:9181, got {describe(laddr)}"
         ) from exc
     return MetricsConfig(laddr=laddr)
+
+
+def _etcd(raw: Any, top: Table, file: Path, base: Path) -> EtcdSettings:
+    """`[etcd]`: the shared watermark's cluster (see README, "High availability")."""
+    if not isinstance(raw, dict):
+        raise top.error("etcd", f"expected a table [etcd], got {describe(raw)}")
+    table = Table(raw, Section(file, "[etcd]"))
+    files = ("ca_file", "cert_file", "key_file", "password_file")
+    table.allow(["endpoints", "prefix", "host", "timeout", "username", *files])
+    values: dict[str, Any] = {"endpoints": table.string_list("endpoints")}
+    for key in ("prefix", "host", "username"):
+        if table.has(key):
+            values[key] = table.string(key)
+    values["timeout"] = table.seconds("timeout", DEFAULT_ETCD_TIMEOUT, high=MAX_ETCD_TIMEOUT)
+    for key in files:
+        if table.has(key):
+            values[key] = table.path(key, base)
+    try:
+        return EtcdSettings(**values)
+    except ValueError as exc:  # "<key>: <problem>"
+        key, _, problem = str(exc).partition(": ")
+        raise table.error(key, problem) from exc

@@ -11,6 +11,7 @@ from typing import Literal
 
 import attrs
 
+from kms.config.etcd import EtcdSettings
 from kms.protocol.version import ProtocolVersion
 from kms.transport.address import Address
 
@@ -162,6 +163,7 @@ class KmsConfig:
     validators: tuple[ValidatorConfig, ...] = ()
     metrics: MetricsConfig | None = None
     pkcs11: Pkcs11Config | None = None
+    etcd: EtcdSettings | None = None  # the shared watermark (high availability)
 
     def chain(self, chain_id: str) -> ChainConfig:
         """The `[[chain]]` with this ID; KeyError if there is none."""

@@ -14,6 +14,7 @@ Layers, bottom up (each its own module):
 * :mod:`kms.ha.admin` -- reading and raising a watermark for ``tmkms state``.
 """
 
+from kms.config.etcd import EtcdSettings
 from kms.ha.client import EtcdClient, Secret
 from kms.ha.errors import (
     EtcdCause,
@@ -23,7 +24,7 @@ from kms.ha.errors import (
     RefusalCause,
 )
 from kms.ha.outcome import CasObserver, Reconciled
-from kms.ha.settings import EtcdSettings, open_client
+from kms.ha.settings import open_client
 from kms.ha.shared import SharedWatermarks
 from kms.ha.store import SharedWatermarkStore
 

@@ -37,7 +37,7 @@ from typing import Any
 import trio
 
 from kms.ha.errors import EtcdCause, EtcdError
-from kms.ha.http import Endpoint, parse_endpoint
+from kms.ha.http import Endpoint
 from kms.ha.wire import (
     RangeResult,
     Status,
@@ -50,6 +50,7 @@ from kms.ha.wire import (
     parse_status,
     parse_txn,
 )
+from kms.transport.address import parse_endpoint
 
 __all__ = ["EtcdClient", "Secret"]
 

@@ -85,4 +85,5 @@ class HaDoubleSignRefused(HaRefused, DoubleSignError):
 
     def __init__(self, message: str, detail: str) -> None:
         super().__init__(RefusalCause.RULE, message)
+        self.reason = "ha_lost"  # another writer's watermark: lost to another host
         self.detail = detail

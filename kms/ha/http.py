@@ -24,49 +24,19 @@ import select
 import socket
 import ssl
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 import attrs
 import h11
 import trio
 
 from kms.ha.errors import EtcdCause, EtcdError
+from kms.transport.address import EndpointUrl
 
-__all__ = ["Endpoint", "Reply", "parse_endpoint"]
+__all__ = ["Endpoint", "Reply"]
 
 MAX_IDLE = 4
 MAX_REPLY = 8 << 20  # bytes; more is no etcd reply to anything this client asks
 _RECEIVE = 65536
-
-
-@attrs.frozen
-class EndpointUrl:
-    """``http(s)://host:port`` of one member."""
-
-    scheme: str
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
-
-
-def parse_endpoint(text: str) -> EndpointUrl:
-    """Parse an ``[etcd] endpoints`` entry; ValueError saying what is wrong."""
-    try:
-        url = urlsplit(text)
-        port = url.port
-    except ValueError as exc:
-        raise ValueError(f"invalid etcd endpoint {text!r}: {exc}") from exc
-    if url.scheme not in ("http", "https"):
-        raise ValueError(f"invalid etcd endpoint {text!r}: expected http:// or https://")
-    if not url.hostname:
-        raise ValueError(f"invalid etcd endpoint {text!r}: missing host")
-    if url.path not in ("", "/") or url.query or url.fragment or url.username:
-        raise ValueError(f"invalid etcd endpoint {text!r}: give only scheme, host and port")
-    default = 443 if url.scheme == "https" else 2379
-    return EndpointUrl(url.scheme, url.hostname, port or default)
 
 
 @attrs.frozen

@@ -1,8 +1,5 @@
-"""The ``[etcd]`` section as a value, and the client it describes.
+"""The client that ``[etcd]`` (:class:`kms.config.etcd.EtcdSettings`) describes.
 
-:class:`EtcdSettings` holds the keys of ``[etcd]`` (see ``high-availability.md``) and
-checks what can be checked without touching the files; a ValueError starts with the name
-of the offending key, for the config loader to prefix with the file and section.
 :func:`open_client` reads the password file and the TLS files and builds the
 :class:`kms.ha.client.EtcdClient`; a file that cannot be used is a ConfigError naming it.
 Neither ever shows the password.
@@ -10,80 +7,16 @@ Neither ever shows the password.
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterable
 from pathlib import Path
 
-import attrs
-
+from kms.config.etcd import EtcdSettings
 from kms.errors import ConfigError
 from kms.ha.client import EtcdClient, Secret
-from kms.ha.http import parse_endpoint
 from kms.ha.tls import client_context
 
-__all__ = ["DEFAULT_PREFIX", "DEFAULT_TIMEOUT", "EtcdSettings", "open_client"]
+__all__ = ["open_client", "read_password"]
 
-DEFAULT_PREFIX = "/tmkms/"
-DEFAULT_TIMEOUT = 1.0
-MAX_TIMEOUT = 60.0
 _MAX_PASSWORD = 4096
-
-
-def _path(value: str | Path | None) -> Path | None:
-    return None if value is None else Path(value)
-
-
-def _endpoints(value: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(value, str):  # one URL, not its characters
-        return (value,)
-    return tuple(value)
-
-
-@attrs.frozen
-class EtcdSettings:
-    """The ``[etcd]`` keys. ``host`` defaults to this machine's host name."""
-
-    endpoints: tuple[str, ...] = attrs.field(converter=_endpoints)
-    prefix: str = DEFAULT_PREFIX
-    host: str = attrs.field(factory=socket.gethostname)
-    timeout: float = DEFAULT_TIMEOUT
-    ca_file: Path | None = attrs.field(default=None, converter=_path)
-    cert_file: Path | None = attrs.field(default=None, converter=_path)
-    key_file: Path | None = attrs.field(default=None, converter=_path)
-    username: str | None = None
-    password_file: Path | None = attrs.field(default=None, converter=_path)
-
-    def __attrs_post_init__(self) -> None:
-        if not self.endpoints:
-            raise ValueError("endpoints: give at least one etcd client URL")
-        schemes = set()
-        for endpoint in self.endpoints:
-            try:
-                schemes.add(parse_endpoint(endpoint).scheme)
-            except ValueError as exc:
-                raise ValueError(f"endpoints: {exc}") from exc
-        if len(set(self.endpoints)) != len(self.endpoints):
-            raise ValueError("endpoints: an endpoint is listed twice")
-        tls_files = self.ca_file or self.cert_file or self.key_file
-        if tls_files and schemes != {"https"}:
-            raise ValueError("endpoints: TLS files are given, so every endpoint must be https://")
-        if not self.prefix or not self.prefix.isprintable():
-            raise ValueError("prefix: must be a non-empty printable string")
-        if not self.host or len(self.host) > 255 or not self.host.isprintable():
-            raise ValueError("host: must be a printable name of 1-255 characters")
-        if isinstance(self.timeout, bool) or not 0 < self.timeout <= MAX_TIMEOUT:
-            raise ValueError(f"timeout: must be a number of seconds in (0, {MAX_TIMEOUT:g}]")
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("key_file: given without cert_file")
-        if (self.username is None) != (self.password_file is None):
-            raise ValueError("username: username and password_file go together")
-        if self.username is not None and not self.username:
-            raise ValueError("username: must not be empty")
-
-    @property
-    def tls(self) -> bool:
-        """Whether the endpoints use TLS."""
-        return self.endpoints[0].startswith("https:")
 
 
 def read_password(path: Path) -> Secret:

@@ -9,11 +9,12 @@ the batcher, so chains signing together share etcd round trips.
 from __future__ import annotations
 
 from kms.chain.durable import StateStore
+from kms.config.etcd import EtcdSettings
 from kms.ha.batch import TxnBatcher
 from kms.ha.client import EtcdClient
 from kms.ha.errors import EtcdCause, EtcdError
 from kms.ha.outcome import CasObserver
-from kms.ha.settings import EtcdSettings, open_client
+from kms.ha.settings import open_client
 from kms.ha.store import SharedWatermarkStore
 from kms.ha.wire import Status
 
@@ -55,6 +56,10 @@ class SharedWatermarks:
         )
         self._stores[chain_id] = store
         return store
+
+    def forget(self, chain_id: str) -> None:
+        """Drop ``chain_id``'s store (its chain was removed by a reload)."""
+        self._stores.pop(chain_id, None)
 
     @property
     def stores(self) -> dict[str, SharedWatermarkStore]:

@@ -69,6 +69,7 @@ class KmsCollector:
         yield from self._connections()
         yield from self._chains()
         yield from self._providers()
+        yield from self._ha()
         ready = GaugeMetricFamily("tmkms_ready", "1 when every validator and signer is ready")
         ready.add_metric([], 1.0 if is_ready(self._metrics) else 0.0)
         yield ready
@@ -166,6 +167,28 @@ class KmsCollector:
             reopens.add_metric([p.name], p.session_reopens)
             reachable.add_metric([p.name], 1.0 if p.reachable else 0.0)
         yield from (errors, reopens, reachable)
+
+    def _ha(self) -> Iterator[Metric]:
+        ha = self._metrics.ha
+        if ha is None:
+            return
+        outcomes = CounterMetricFamily(
+            "tmkms_ha_cas",
+            "Check-and-sets of the shared watermark: won, lost to another host, refused (cause)",
+            labels=["chain_id", "outcome", "cause"],
+        )
+        for (chain_id, outcome, cause), count in sorted(ha.outcomes.items()):
+            outcomes.add_metric([chain_id, outcome, cause], count)
+        latency = HistogramMetricFamily(
+            "tmkms_ha_cas_duration_seconds", "Time of a won check-and-set, retries included"
+        )
+        buckets = [(floatToGoString(b), c) for b, c in ha.latency.cumulative()]
+        latency.add_metric([], buckets, ha.latency.sum)
+        reachable = GaugeMetricFamily(
+            "tmkms_etcd_reachable", "1 while an etcd member with a leader answers", labels=[]
+        )
+        reachable.add_metric([], 1.0 if ha.reachable else 0.0)
+        yield from (outcomes, latency, reachable)
 
 
 def build_registry(metrics: KmsMetrics, *, process: bool = True) -> CollectorRegistry:

@@ -2,7 +2,8 @@
 
 Ready means: every configured validator connection is up (handshake done, not since
 dropped) and every signing provider in use is reachable (its last signature did not fail,
-and the provider has not reported itself unreachable). A load balancer or an alert can key
+and the provider has not reported itself unreachable), and with ``[etcd]`` a cluster
+member with a leader answered the last ping. A load balancer or an alert can key
 on the status code alone (200 ready, 503 not); the body says which part is missing.
 """
 
@@ -18,9 +19,11 @@ __all__ = ["health", "is_ready", "readiness"]
 
 
 def is_ready(metrics: KmsMetrics) -> bool:
-    """Every validator connected and every provider reachable."""
-    return all(v.connected for v in metrics.validators) and all(
-        p.reachable for p in metrics.providers.values()
+    """Every validator connected, every provider reachable, and etcd (if used) answering."""
+    return (
+        all(v.connected for v in metrics.validators)
+        and all(p.reachable for p in metrics.providers.values())
+        and (metrics.ha is None or metrics.ha.reachable)
     )
 
 
@@ -56,4 +59,16 @@ def readiness(metrics: KmsMetrics) -> dict[str, Any]:
         if not p.reachable and p.last_error is not None:
             item["last_error"] = p.last_error
         providers.append(item)
-    return {"ready": is_ready(metrics), "validators": validators, "providers": providers}
+    body: dict[str, Any] = {
+        "ready": is_ready(metrics),
+        "validators": validators,
+        "providers": providers,
+    }
+    if metrics.ha is not None:
+        etcd: dict[str, Any] = {"reachable": metrics.ha.reachable}
+        if metrics.ha.endpoint is not None:
+            etcd["endpoint"] = metrics.ha.endpoint
+        if not metrics.ha.reachable and metrics.ha.last_error is not None:
+            etcd["last_error"] = metrics.ha.last_error
+        body["etcd"] = etcd
+    return body

@@ -39,10 +39,12 @@ from typing import Protocol
 from kms.errors import KmsError, SignerError, SigningRefused, StateError
 
 __all__ = [
+    "CAS_OUTCOMES",
     "LATENCY_BUCKETS",
     "PHASES",
     "REFUSAL_REASONS",
     "SIGNATURE_TYPES",
+    "HaMetrics",
     "Histogram",
     "KmsMetrics",
     "ProviderMetrics",
@@ -67,8 +69,20 @@ REFUSAL_REASONS = (
     "max_height",
     "chain_id_mismatch",
     "consensus_shaped_raw_bytes",
+    # the shared watermark (etcd): lost to another host, or no definitive answer, or...
+    "ha_lost",
+    "ha_unreachable",
+    "ha_unavailable",
+    "ha_ambiguous",
+    "ha_rule",
+    "ha_malformed",
+    "ha_auth",
+    "ha_tls",
+    "ha_protocol",
     "other",
 )
+#: Outcomes of the shared watermark's check-and-sets, as labelled.
+CAS_OUTCOMES = ("won", "lost", "refused")
 _ERROR_KINDS = ("signer", "state_write", "other")
 
 
@@ -239,6 +253,43 @@ class ValidatorMetrics:
         self.reconnects += 1
 
 
+class HaMetrics:
+    """The shared watermark (etcd): check-and-set outcomes per chain, latency, reachability.
+
+    A :class:`kms.ha.outcome.CasObserver`: the stores call it once per check-and-set.
+    """
+
+    def __init__(self) -> None:
+        self.outcomes: dict[tuple[str, str, str], int] = {}  # (chain, outcome, cause)
+        self.latency = Histogram()
+        self.reachable = False
+        self.endpoint: str | None = None
+        self.last_error: str | None = None
+
+    def cas_won(self, chain_id: str, seconds: float) -> None:
+        """A check-and-set moved the chain's watermark for this host."""
+        self._count(chain_id, "won", "")
+        self.latency.observe(seconds)
+        self.reachable = True
+
+    def cas_lost(self, chain_id: str) -> None:
+        """Another host's watermark forbids the request."""
+        self._count(chain_id, "lost", "")
+        self.reachable = True
+
+    def cas_refused(self, chain_id: str, cause: str) -> None:
+        """No definitive answer (or a refusal) with ``cause``."""
+        self._count(chain_id, "refused", cause)
+
+    def set_reachable(self, reachable: bool, endpoint: str | None, error: str | None) -> None:
+        """What the last ping of the cluster found."""
+        self.reachable, self.endpoint, self.last_error = reachable, endpoint, error
+
+    def _count(self, chain_id: str, outcome: str, cause: str) -> None:
+        key = (chain_id, outcome, cause)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+
+
 class ChainStateView(Protocol):
     """What the exposition reads of one chain: its ID and its last signed h/r/s."""
 
@@ -261,6 +312,7 @@ class KmsMetrics:
         self.validators: list[ValidatorMetrics] = []
         self.providers: dict[str, ProviderMetrics] = {}
         self.chains: dict[str, ChainStateView] = {}
+        self.ha: HaMetrics | None = None  # with [etcd]
 
     def provider(self, name: str) -> ProviderMetrics:
         """The metrics of provider ``name``, created on first use."""

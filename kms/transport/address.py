@@ -14,6 +14,7 @@ All three split ``host:port`` (``[v6]:port`` for IPv6) with :func:`split_host_po
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -125,3 +126,33 @@ def parse_listen_url(text: str) -> tuple[str, int]:
         return split_host_port(rest.rstrip("/"))
     except ValueError as exc:
         raise ValueError(f"expected tcp://host:port, got {text!r}") from exc
+
+
+@attrs.frozen
+class EndpointUrl:
+    """``http(s)://host:port`` of one member."""
+
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_endpoint(text: str) -> EndpointUrl:
+    """Parse an ``[etcd] endpoints`` entry; ValueError saying what is wrong."""
+    try:
+        url = urlsplit(text)
+        port = url.port
+    except ValueError as exc:
+        raise ValueError(f"invalid etcd endpoint {text!r}: {exc}") from exc
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"invalid etcd endpoint {text!r}: expected http:// or https://")
+    if not url.hostname:
+        raise ValueError(f"invalid etcd endpoint {text!r}: missing host")
+    if url.path not in ("", "/") or url.query or url.fragment or url.username:
+        raise ValueError(f"invalid etcd endpoint {text!r}: give only scheme, host and port")
+    default = 443 if url.scheme == "https" else 2379
+    return EndpointUrl(url.scheme, url.hostname, port or default)
