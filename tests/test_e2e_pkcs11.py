@@ -15,25 +15,19 @@ from __future__ import annotations
 
 import base64
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
 import pytest
 import trio
 from nacl.signing import SigningKey, VerifyKey
 
-from kms.protocol.messages import SignedMsgType, Vote
-from kms.testing.consensus import make_vote, random_block_id
-from kms.testing.node import SignerClient, simulated_node
+from kms.testing.node import simulated_node
 from kms.transport.address import Address
-from tests.support import oracle
+from tests.support.chainload import Load, hsm_chain_load, soft_chain_load
 from tests.support.kmsproc import (
     KmsProcess,
     free_tcp_port,
@@ -133,81 +127,6 @@ def provision(home: Path, seed_key: SigningKey) -> str:
     return generated.stderr.split(": ")[-1].strip()
 
 
-@attrs.define
-class Load:
-    """What one chain's signing loop saw; ``twin`` is the software key that must sign alike."""
-
-    key: VerifyKey
-    twin: SigningKey | None = None
-    signed: dict[tuple[int, int, int], set[bytes]] = attrs.field(factory=lambda: defaultdict(set))
-    latencies: list[float] = attrs.field(factory=list)
-    errors: int = 0
-    refused_conflicts: int = 0
-    signed_count: int = 0
-    identical: int = 0
-    height: int = 1
-    _progress: trio.Event = attrs.field(factory=trio.Event)
-
-    async def wait_signed(self, count: int) -> None:
-        while self.signed_count < count:
-            await self._progress.wait()
-
-    async def ask(self, client: SignerClient, vote: Vote) -> bool:
-        started = time.monotonic()
-        reply = await client.sign_vote(vote)
-        self.latencies.append(time.monotonic() - started)
-        if reply.error is not None:
-            assert reply.vote is None or not reply.vote.signature
-            return False
-        assert reply.vote is not None
-        self.check(client.chain_id, reply.vote)
-        self.signed[(vote.height, vote.round, vote.type)].add(bytes(reply.vote.block_id.hash))
-        self.signed_count += 1
-        self._progress.set()
-        self._progress = trio.Event()
-        return True
-
-    def check(self, chain_id: str, vote: Vote) -> None:
-        sign_bytes = oracle.vote_sign_bytes(chain_id, vote)
-        self.key.verify(sign_bytes, vote.signature)
-        pairs = [(sign_bytes, vote.signature)]
-        if vote.type == SignedMsgType.PRECOMMIT and vote.block_id.hash:
-            extension = oracle.vote_extension_sign_bytes(chain_id, vote)
-            self.key.verify(extension, vote.extension_signature)
-            pairs.append((extension, vote.extension_signature))
-        if self.twin is not None:
-            for message, signature in pairs:
-                assert signature == self.twin.sign(message).signature, "not byte for byte"
-                self.identical += 1
-
-
-async def token_chain_load(client: SignerClient, load: Load, stop: trio.Event, seed: int) -> None:
-    """Prevote then precommit each height; after an error, a conflicting request at the same
-    step must be refused as a double sign, and the original is retried until signed."""
-    rng = random.Random(seed)
-    while not stop.is_set():
-        block = random_block_id(rng)
-        for msg_type in (SignedMsgType.PREVOTE, SignedMsgType.PRECOMMIT):
-            while not await load.ask(client, make_vote(msg_type, load.height, 0, block, b"x")):
-                load.errors += 1
-                conflict = make_vote(msg_type, load.height, 0, random_block_id(rng), b"x")
-                reply = await client.sign_vote(conflict)
-                assert reply.error is not None and reply.error.code == 2, reply
-                load.refused_conflicts += 1
-                await trio.sleep(0.05)
-        load.height += 1
-        await trio.sleep(0.01)
-
-
-async def soft_chain_load(client: SignerClient, load: Load, stop: trio.Event) -> None:
-    rng = random.Random(3)
-    while not stop.is_set():
-        vote = make_vote(SignedMsgType.PREVOTE, load.height, 0, random_block_id(rng))
-        assert await load.ask(client, vote), "the softsign chain must never fail"
-        load.height += 1
-        await trio.sleep(0.01)
-
-
 def token_object(tokens: Path) -> Path:
     (found,) = tokens.glob("*/token.object")
     return found
@@ -277,11 +196,9 @@ async def test_token_and_softsign_chains_through_outages_and_a_hang(
             assert (await clients[IMPORTED_CHAIN].pub_key()).data == bytes(seed_key.verify_key)
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(token_chain_load, clients[HSM_CHAIN], hsm_load, stop, 1)
-                nursery.start_soon(
-                    token_chain_load, clients[IMPORTED_CHAIN], imported_load, stop, 2
-                )
-                nursery.start_soon(soft_chain_load, clients[SOFT_CHAIN], soft_load, stop)
+                nursery.start_soon(hsm_chain_load, clients[HSM_CHAIN], hsm_load, stop, 1)
+                nursery.start_soon(hsm_chain_load, clients[IMPORTED_CHAIN], imported_load, stop, 2)
+                nursery.start_soon(soft_chain_load, clients[SOFT_CHAIN], soft_load, stop, 3)
                 await trio.sleep(1.0)
                 assert hsm_load.signed_count > 5 and imported_load.signed_count > 5
 

@@ -11,24 +11,19 @@ stall, never a conflicting signature) and resumes, and the softsign chain never 
 from __future__ import annotations
 
 import base64
-import random
 import re
 import signal
 import subprocess
-import time
-from collections import defaultdict
 from pathlib import Path
 
-import attrs
 import trio
 from nacl.signing import SigningKey, VerifyKey
 
 from kms.keys import bech32_decode
-from kms.protocol.messages import SignedMsgType, Vote
-from kms.testing.consensus import make_vote, random_block_id
-from kms.testing.node import SignerClient, simulated_node
+from kms.testing.node import simulated_node
 from kms.transport.address import Address
-from tests.support import REPO, oracle
+from tests.support import REPO
+from tests.support.chainload import Load, hsm_chain_load, soft_chain_load
 from tests.support.kmsproc import TMKMS, free_tcp_port, run_tmkms, tmkms_env, tmkms_start
 
 SIMULATOR = [*TMKMS, "yubihsm", "simulator"]
@@ -147,74 +142,6 @@ protocol_version = "v0.38"
     return laddrs
 
 
-def check_vote(chain_id: str, key: VerifyKey, vote: Vote | None) -> None:
-    assert vote is not None
-    key.verify(oracle.vote_sign_bytes(chain_id, vote), vote.signature)
-    if vote.type == SignedMsgType.PRECOMMIT and vote.block_id.hash:
-        key.verify(oracle.vote_extension_sign_bytes(chain_id, vote), vote.extension_signature)
-
-
-@attrs.define
-class Load:
-    """What one chain's signing loop saw."""
-
-    key: VerifyKey
-    signed: dict[tuple[int, int, int], set[bytes]] = attrs.field(factory=lambda: defaultdict(set))
-    latencies: list[float] = attrs.field(factory=list)
-    errors: int = 0
-    refused_conflicts: int = 0
-    signed_count: int = 0
-    height: int = 1
-    _progress: trio.Event = attrs.field(factory=trio.Event)
-
-    async def wait_signed(self, count: int) -> None:
-        """Wait until ``count`` signatures have been received in total."""
-        while self.signed_count < count:
-            await self._progress.wait()
-
-    async def ask(self, client: SignerClient, vote: Vote) -> bool:
-        started = time.monotonic()
-        reply = await client.sign_vote(vote)
-        self.latencies.append(time.monotonic() - started)
-        if reply.error is not None:
-            assert reply.vote is None or not reply.vote.signature
-            return False
-        check_vote(client.chain_id, self.key, reply.vote)
-        assert reply.vote is not None
-        self.signed[(vote.height, vote.round, vote.type)].add(bytes(reply.vote.block_id.hash))
-        self.signed_count += 1
-        self._progress.set()
-        self._progress = trio.Event()
-        return True
-
-
-async def hsm_chain_load(client: SignerClient, load: Load, stop: trio.Event) -> None:
-    """Prevote then precommit each height; after an error, a conflicting request at the same
-    step must be refused as a double sign, and the original request is retried until signed."""
-    rng = random.Random(1)
-    while not stop.is_set():
-        block = random_block_id(rng)
-        for msg_type in (SignedMsgType.PREVOTE, SignedMsgType.PRECOMMIT):
-            while not await load.ask(client, make_vote(msg_type, load.height, 0, block, b"x")):
-                load.errors += 1
-                conflict = make_vote(msg_type, load.height, 0, random_block_id(rng), b"x")
-                reply = await client.sign_vote(conflict)
-                assert reply.error is not None and reply.error.code == 2, reply
-                load.refused_conflicts += 1
-                await trio.sleep(0.05)
-        load.height += 1
-        await trio.sleep(0.01)
-
-
-async def soft_chain_load(client: SignerClient, load: Load, stop: trio.Event) -> None:
-    rng = random.Random(2)
-    while not stop.is_set():
-        vote = make_vote(SignedMsgType.PREVOTE, load.height, 0, random_block_id(rng))
-        assert await load.ask(client, vote), "the softsign chain must never fail"
-        load.height += 1
-        await trio.sleep(0.01)
-
-
 async def test_yubihsm_and_softsign_chains_through_an_hsm_crash(tmp_path: Path) -> None:
     home = tmp_path / "kms"
     home.mkdir()
@@ -243,8 +170,8 @@ async def test_yubihsm_and_softsign_chains_through_an_hsm_crash(tmp_path: Path) 
                 assert (await hsm_client.pub_key()).data == bytes(hsm_key)
                 stop = trio.Event()
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(hsm_chain_load, hsm_client, hsm_load, stop)
-                    nursery.start_soon(soft_chain_load, soft_client, soft_load, stop)
+                    nursery.start_soon(hsm_chain_load, hsm_client, hsm_load, stop, 1)
+                    nursery.start_soon(soft_chain_load, soft_client, soft_load, stop, 2)
                     await trio.sleep(1.0)
                     before = hsm_load.signed_count
                     assert before > 5, "the HSM chain signs before the crash"
