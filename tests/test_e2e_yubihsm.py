@@ -21,6 +21,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from kms.keys import bech32_decode
 from kms.testing.node import simulated_node
+from kms.testing.process import terminate
 from kms.transport.address import Address
 from tests.support import REPO
 from tests.support.chainload import Load, hsm_chain_load, soft_chain_load
@@ -188,13 +189,7 @@ async def test_yubihsm_and_softsign_chains_through_an_hsm_crash(tmp_path: Path) 
                 kms.send_signal(signal.SIGTERM)
                 assert await kms.wait() == 0
     finally:
-        if simulator.returncode is None:
-            simulator.send_signal(signal.SIGTERM)
-            with trio.move_on_after(10):
-                await simulator.wait()
-            if simulator.returncode is None:
-                simulator.kill()
-                await simulator.wait()
+        await terminate(simulator)
     assert hsm_load.errors > 0, "the outage should have produced errors"
     assert hsm_load.refused_conflicts == hsm_load.errors
     assert all(len(blocks) == 1 for blocks in hsm_load.signed.values()), "conflicting signatures"

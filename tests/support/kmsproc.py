@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -18,6 +17,7 @@ import attrs
 import trio
 from nacl.signing import SigningKey
 
+from kms.testing.process import terminate
 from tests.support import REPO
 
 TMKMS = [sys.executable, "-m", "kms"]
@@ -137,14 +137,7 @@ async def tmkms_start(
         try:
             yield kms
         finally:
-            with trio.CancelScope(shield=True):
-                if process.returncode is None:
-                    process.send_signal(signal.SIGTERM)
-                    with trio.move_on_after(10):
-                        await process.wait()
-                if process.returncode is None:
-                    process.kill()
-                    await process.wait()
+            await terminate(process)
 
 
 def free_tcp_port() -> int:

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import urllib.error
@@ -38,6 +37,8 @@ from typing import Any
 import attrs
 import pytest
 import trio
+
+from kms.testing.process import terminate
 
 
 def _tool(name: str, what: str) -> str:
@@ -185,14 +186,7 @@ async def prometheus_server(
                 await trio.sleep(0.1)
         yield server
     finally:
-        with trio.CancelScope(shield=True):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                with trio.move_on_after(10):
-                    await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        await terminate(process)
 
 
 # --- reading PromQL ----------------------------------------------------------------------------
