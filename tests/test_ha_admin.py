@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
 
-import pytest
 import trio
 
 from kms.chain.state import BlockRef, SignState
 from kms.ha.admin import RaiseOutcome, raise_watermark, read_watermark
 from kms.ha.client import EtcdClient
 from kms.ha.watermark import parse_watermark, watermark_key
-from tests.support.etcd import EtcdCluster, healed, module_cluster
+from tests.support.etcd import EtcdCluster
 
 LIMIT = 20.0
 A = BlockRef(b"\xaa" * 32, 1, b"\x0a" * 32)
 B = BlockRef(b"\xbb" * 32, 1, b"\x0b" * 32)
-
-
-@pytest.fixture(scope="module")
-def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    yield from module_cluster(tmp_path_factory)
-
-
-@pytest.fixture
-def etcd(etcd_cluster: EtcdCluster) -> EtcdCluster:
-    return healed(etcd_cluster)
-
-
-@pytest.fixture
-async def client(etcd: EtcdCluster) -> AsyncIterator[EtcdClient]:
-    async with EtcdClient(etcd.endpoints) as made:
-        yield made
 
 
 def key() -> bytes:

@@ -23,7 +23,7 @@ from kms.ha.errors import EtcdCause, EtcdError, HaRefused
 from kms.ha.settings import open_client
 from kms.ha.store import SharedWatermarkStore
 from kms.ha.wire import b64
-from tests.support.etcd import EtcdCluster, LocalFile, healed, module_cluster
+from tests.support.etcd import EtcdCluster, LocalFile, module_cluster
 
 LIMIT = 30.0
 PASSWORD = "correct-horse-battery-staple"
@@ -37,11 +37,6 @@ def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdClust
     for cluster in module_cluster(tmp_path_factory, extra_args=[f"--auth-token-ttl={TOKEN_TTL}"]):
         cluster.enable_auth("kms", PASSWORD, PREFIX, ROOT_PASSWORD)
         yield cluster
-
-
-@pytest.fixture
-def etcd(etcd_cluster: EtcdCluster) -> EtcdCluster:
-    return healed(etcd_cluster)
 
 
 def client(etcd: EtcdCluster, password: str = PASSWORD) -> EtcdClient:

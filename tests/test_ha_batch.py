@@ -7,7 +7,7 @@ per txn for real (the default, 128, is above the batcher's own cap of 64).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from kms.ha.client import EtcdClient
 from kms.ha.shared import SharedWatermarks
 from kms.ha.watermark import format_watermark, parse_watermark
 from kms.ha.wire import RangeResult, TxnResult
-from tests.support.etcd import EtcdCluster, LocalFile, healed, module_cluster
+from tests.support.etcd import EtcdCluster, LocalFile, module_cluster
 
 LIMIT = 30.0
 MAX_TXN_OPS = 8
@@ -33,17 +33,6 @@ BLOCK = BlockRef(b"\xcc" * 32, 1, b"\x0c" * 32)
 @pytest.fixture(scope="module")
 def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     yield from module_cluster(tmp_path_factory, extra_args=[f"--max-txn-ops={MAX_TXN_OPS}"])
-
-
-@pytest.fixture
-def etcd(etcd_cluster: EtcdCluster) -> EtcdCluster:
-    return healed(etcd_cluster)
-
-
-@pytest.fixture
-async def client(etcd: EtcdCluster) -> AsyncIterator[EtcdClient]:
-    async with EtcdClient(etcd.endpoints) as made:
-        yield made
 
 
 def fresh(n: int) -> list[str]:

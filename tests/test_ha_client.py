@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -19,19 +19,9 @@ from kms.ha.errors import EtcdCause, EtcdError
 from kms.ha.wire import RangeResult, TxnResult, b64
 from kms.testing.chaos import chaos_proxy
 from kms.transport.address import Address
-from tests.support.etcd import EtcdCluster, free_ports, healed, module_cluster
+from tests.support.etcd import EtcdCluster, free_ports
 
 LIMIT = 20.0  # seconds: hard bound of every test's I/O
-
-
-@pytest.fixture(scope="module")
-def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    yield from module_cluster(tmp_path_factory)
-
-
-@pytest.fixture
-def etcd(etcd_cluster: EtcdCluster) -> EtcdCluster:
-    return healed(etcd_cluster)
 
 
 def fresh_key() -> bytes:

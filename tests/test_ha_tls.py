@@ -30,7 +30,7 @@ from kms.ha.errors import EtcdCause, EtcdError
 from kms.ha.settings import open_client
 from kms.ha.store import SharedWatermarkStore
 from kms.ha.tls import client_context
-from tests.support.etcd import ClusterTls, EtcdCluster, LocalFile, healed, module_cluster
+from tests.support.etcd import ClusterTls, EtcdCluster, LocalFile, module_cluster
 
 LIMIT = 20.0
 
@@ -145,11 +145,6 @@ def etcd_cluster(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator
         helper_cert=pki.client,
     )
     yield from module_cluster(tmp_path_factory, tls=tls)
-
-
-@pytest.fixture
-def etcd(etcd_cluster: EtcdCluster) -> EtcdCluster:
-    return healed(etcd_cluster)
 
 
 async def failing(client: EtcdClient) -> EtcdError:

@@ -13,7 +13,7 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
@@ -28,21 +28,11 @@ from kms.ha.store import SharedWatermarkStore
 from kms.ha.watermark import format_watermark, parse_watermark
 from kms.testing.chaos import ChaosPolicy, ChaosProxy
 from kms.transport.address import Address
-from tests.support.etcd import EtcdCluster, LocalFile, healed, module_cluster
+from tests.support.etcd import EtcdCluster, LocalFile
 
 LIMIT = 60.0
 A = BlockRef(b"\xaa" * 32, 1, b"\x0a" * 32)
 B = BlockRef(b"\xbb" * 32, 1, b"\x0b" * 32)
-
-
-@pytest.fixture(scope="module")
-def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    yield from module_cluster(tmp_path_factory)
-
-
-@pytest.fixture
-def etcd(etcd_cluster: EtcdCluster) -> EtcdCluster:
-    return healed(etcd_cluster)
 
 
 @attrs.define
@@ -175,7 +165,7 @@ async def test_two_hosts_racing_conflicting_blocks_exactly_one_wins(
             winners = [name for name, result in results.items() if result == "won"]
             assert len(winners) == 1, results
             loser = "b" if winners == ["a"] else "a"
-            assert results[loser] == "ha_rule"
+            assert results[loser] == "ha_lost"
             outcomes[winners[0]] += 1
             value = parse_watermark(await stored(etcd, chain) or b"")
             assert value.host == f"kms-{winners[0]}"
