@@ -260,7 +260,7 @@ async def test_outage_fails_fast_then_reconnects(rig: Rig) -> None:
     backoff = Backoff(initial=0.05, cap=0.2, jitter=0.0)
     device = HsmDevice(connection, deadline=1.5, backoff=backoff)
     transitions: list[tuple[bool, str | None]] = []
-    device.on_reachability = lambda up, why: transitions.append((up, why))
+    device.gate.on_reachability = lambda up, why: transitions.append((up, why))
     signer = YubiHsmSigner(device, ED_KEY, rig.public[ED_KEY], ED25519)
     await signer.sign(b"before")
     rig.down()

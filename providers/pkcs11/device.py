@@ -29,6 +29,7 @@ from kms.errors import SignerError
 from providers.pkcs11.errors import Pkcs11PinRejected, Pkcs11Timeout, Pkcs11Unavailable
 from providers.pkcs11.token import TokenConnection
 from providers.pkcs11.worker import Pkcs11Worker
+from providers.retry import RetryGate
 
 log = logging.getLogger("providers.pkcs11")
 
@@ -58,21 +59,18 @@ class Pkcs11Device:
         self.connection = connection
         self.worker = worker if worker is not None else Pkcs11Worker()
         self.deadline = deadline
-        self._backoff = backoff if backoff is not None else Backoff()
-        self._retry_at: float | None = None
-        self._last_failure = ""
-        self._reachable = True
+        #: backoff after failures; its ``on_reachability`` hears the token go and come back
+        self.gate = RetryGate(
+            log, recovered=f"PKCS#11 {connection.token} is reachable again", backoff=backoff
+        )
         self.requests = 0
         self.errors = 0
         self.fast_failures = 0
-        #: Called with (False, reason) when the token goes away and (True, None) when it is
-        #: back, e.g. ``ProviderHealth.set_reachable``.
-        self.on_reachability: Callable[[bool, str | None], None] | None = None
 
     @property
     def available(self) -> bool:
         """False while a repair is scheduled after a failure."""
-        return self._retry_at is None
+        return self.gate.available
 
     async def sign(self, index: int, message: bytes, what: str) -> bytes:
         """Key ``index`` signs ``message``; SignerError (starting with ``what``) on failure."""
@@ -89,62 +87,36 @@ class Pkcs11Device:
         if stuck > self.deadline:
             self.fast_failures += 1
             reason = f"the PKCS#11 module has not returned from a call for {stuck:.1f} s"
-            self._report(False, reason)
+            self.gate.report(False, reason)
             raise SignerError(f"{what}: {reason}")
         deadline = trio.current_time() + self.deadline
         waited = attempted = False
         while True:
-            if self._retry_at is not None:
-                if waited or self._retry_at > deadline:
-                    if not attempted:
-                        self.fast_failures += 1
-                    wait = max(self._retry_at - trio.current_time(), 0.0)
-                    raise SignerError(
-                        f"{what}: {self._last_failure} (next attempt in {wait:.1f} s)"
-                    )
-                await trio.sleep_until(self._retry_at)
-                waited = True
+            try:
+                waited = await self.gate.wait(what, deadline, waited)
+            except SignerError:
+                if not attempted:
+                    self.fast_failures += 1
+                raise
             attempted = True
             try:
                 result = await self.worker.run(call, deadline)
             except Pkcs11Unavailable as exc:
-                self._schedule_retry(str(exc))
+                self.gate.failed(str(exc))
                 continue
             except Pkcs11Timeout as exc:
                 reason = f"the PKCS#11 module did not answer within {self.deadline:g} s"
                 if running := self.worker.stuck_for():
                     reason += f" (its current call has been running for {running:.2f} s)"
-                self._report(False, reason)
+                self.gate.report(False, reason)
                 raise SignerError(f"{what}: {reason}") from exc
             except Pkcs11PinRejected as exc:
-                self._report(False, str(exc))
+                self.gate.report(False, str(exc))
                 raise SignerError(f"{what}: {exc}") from exc
             except SignerError as exc:  # the token refused this operation
                 raise SignerError(f"{what}: {exc}") from exc
             except Exception as exc:
                 log.exception("unexpected error from the PKCS#11 module during %s", what)
                 raise SignerError(f"{what}: unexpected {type(exc).__name__}: {exc}") from exc
-            self._retry_at = None
-            self._backoff.reset()
-            if not self._reachable:
-                log.info("PKCS#11 %s is reachable again", self.connection.token)
-                self._report(True, None)
+            self.gate.succeeded()
             return result
-
-    def _schedule_retry(self, reason: str) -> None:
-        delay = self._backoff.next_delay()
-        if self._retry_at is None:
-            log.error("%s; retrying in %.2f s", reason, delay)
-        self._report(False, reason)
-        self._last_failure = reason
-        self._retry_at = trio.current_time() + delay
-
-    def _report(self, reachable: bool, reason: str | None) -> None:
-        changed = reachable != self._reachable
-        self._reachable = reachable
-        if not changed or self.on_reachability is None:
-            return
-        try:
-            self.on_reachability(reachable, reason)
-        except Exception:  # monitoring must never break signing
-            log.exception("PKCS#11 reachability callback failed")

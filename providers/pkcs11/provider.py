@@ -83,7 +83,7 @@ def open_pkcs11(
         _close(connection, worker)
         raise
     device = Pkcs11Device(connection, worker, deadline=deadline, backoff=backoff)
-    device.on_reachability = health.set_reachable
+    device.gate.on_reachability = health.set_reachable
     health.count_session_reopens_from(lambda: connection.stats.session_reopens)
     keys = [
         ProviderKey(

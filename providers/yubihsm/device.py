@@ -23,7 +23,6 @@ backoff. Only trio's clock is used for waiting, so tests can drive it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TypeVar
 
 import trio
@@ -32,6 +31,7 @@ from yubihsm.defs import COMMAND
 
 from kms.backoff import Backoff
 from kms.errors import SignerError
+from providers.retry import RetryGate
 from providers.yubihsm.connection import HsmCommandError, HsmConnection, HsmUnavailable, Operation
 
 log = logging.getLogger("providers.yubihsm")
@@ -64,17 +64,18 @@ class HsmDevice:
             raise ValueError("the YubiHSM request deadline must be positive")
         self.connection = connection
         self.deadline = deadline
-        self._backoff = backoff if backoff is not None else Backoff()
+        #: backoff after failures; its ``on_reachability`` hears the device go and come back
+        self.gate = RetryGate(
+            log,
+            recovered="YubiHSM is reachable again",
+            attempt="reconnect attempt",
+            backoff=backoff,
+        )
         self._limiter: trio.CapacityLimiter | None = None
-        self._retry_at: float | None = None
-        self._last_failure = ""
         self._last_used: float | None = None  # trio time of the last request
         self.requests = 0
         self.errors = 0
         self.fast_failures = 0
-        #: Called with (False, reason) when the device goes down and (True, None) when it is
-        #: back, e.g. ``kms.ops.provider_metrics("yubihsm").set_reachable``.
-        self.on_reachability: Callable[[bool, str | None], None] | None = None
 
     @property
     def limiter(self) -> trio.CapacityLimiter:
@@ -86,7 +87,7 @@ class HsmDevice:
     @property
     def available(self) -> bool:
         """False while a reconnect is scheduled after a failure."""
-        return self._retry_at is None
+        return self.gate.available
 
     async def run(self, operation: Operation[T], what: str) -> T:
         """Run ``operation(session)`` in a worker thread; SignerError on any failure.
@@ -124,17 +125,12 @@ class HsmDevice:
         waited = attempted = False
         with trio.move_on_at(deadline):
             while True:
-                if self._retry_at is not None:
-                    if waited or self._retry_at > deadline:
-                        if not attempted:
-                            self.fast_failures += 1
-                        wait = self._retry_at - trio.current_time()
-                        raise SignerError(
-                            f"{what}: {self._last_failure} (next reconnect attempt in "
-                            f"{max(wait, 0.0):.1f} s)"
-                        )
-                    await trio.sleep_until(self._retry_at)
-                    waited = True
+                try:
+                    waited = await self.gate.wait(what, deadline, waited)
+                except SignerError:
+                    if not attempted:
+                        self.fast_failures += 1
+                    raise
                 attempted = True
                 try:
                     result = await trio.to_thread.run_sync(
@@ -144,35 +140,16 @@ class HsmDevice:
                         abandon_on_cancel=True,
                     )
                 except HsmUnavailable as exc:
-                    self._schedule_retry(str(exc))
+                    self.gate.failed(str(exc))
                     continue
                 except HsmCommandError as exc:
                     raise SignerError(f"{what}: {exc}") from exc
                 except Exception as exc:
                     log.exception("unexpected error from the YubiHSM library during %s", what)
                     raise SignerError(f"{what}: unexpected {type(exc).__name__}: {exc}") from exc
-                if self._retry_at is not None:
-                    log.info("YubiHSM is reachable again")
-                    self._report(True, None)
-                self._retry_at = None
-                self._backoff.reset()
+                self.gate.succeeded()
                 return result
         raise SignerError(f"{what}: YubiHSM did not answer within {self.deadline:g} s")
-
-    def _schedule_retry(self, reason: str) -> None:
-        delay = self._backoff.next_delay()
-        if self._retry_at is None:
-            log.error("%s; retrying in %.2f s", reason, delay)
-            self._report(False, reason)
-        self._last_failure = reason
-        self._retry_at = trio.current_time() + delay
-
-    def _report(self, reachable: bool, reason: str | None) -> None:
-        if self.on_reachability is not None:
-            try:
-                self.on_reachability(reachable, reason)
-            except Exception:  # monitoring must never break signing
-                log.exception("YubiHSM reachability callback failed")
 
 
 def _echo(session: AuthSession) -> bytes:

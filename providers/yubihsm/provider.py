@@ -73,7 +73,7 @@ def open_yubihsm(yubihsm: YubihsmConfig, health: ProviderHealth) -> OpenedProvid
     connection = open_connection(yubihsm)
     device = HsmDevice(connection)
     health.count_session_reopens_from(lambda: connection.stats.session_reopens)
-    device.on_reachability = health.set_reachable
+    device.gate.on_reachability = health.set_reachable
     try:
         signers = load_signers(connection, yubihsm, device)
     except BaseException:
