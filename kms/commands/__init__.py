@@ -27,6 +27,16 @@ if TYPE_CHECKING:
 STATUS_WIDTH = 12
 
 
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """``-c/--config PATH``, as every tmkms command that reads tmkms.toml has it."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="PATH",
+        help="path to tmkms.toml (default: $TMKMS_CONFIG_FILE, else ./tmkms.toml)",
+    )
+
+
 def status_ok(verb: str, message: str) -> None:
     """A cargo-style status line on stderr, e.g. ``   Generated KMS configuration: ...``."""
     print(f"{verb:>{STATUS_WIDTH}} {message}", file=sys.stderr)

@@ -19,7 +19,7 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kms.commands import add_group, status_err, status_ok
+from kms.commands import add_config_option, add_group, status_err, status_ok
 from kms.config import config_path_from, load_config
 from kms.errors import ConfigError, KeyFileError, KmsError
 from kms.keys import (
@@ -60,16 +60,6 @@ def add_commands(subparsers: Subparsers) -> None:
     importer.add_argument("path", metavar="PATH", help="the priv_validator_key.json to import")
     _add_key_options(importer)
     importer.set_defaults(handler=run_import)
-
-
-def add_config_option(parser: argparse.ArgumentParser) -> None:
-    """``-c/--config PATH``, as every tmkms command that reads tmkms.toml has it."""
-    parser.add_argument(
-        "-c",
-        "--config",
-        metavar="PATH",
-        help="path to tmkms.toml (default: $TMKMS_CONFIG_FILE, else ./tmkms.toml)",
-    )
 
 
 def _add_key_options(parser: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from kms.commands import add_config_option
 from kms.config import KmsConfig, MetricsConfig, config_path_from, load_config
 from kms.logs import setup_logging
 
@@ -17,12 +18,7 @@ if TYPE_CHECKING:
 def add_commands(subparsers: Subparsers) -> None:
     """Register `start`."""
     parser = subparsers.add_parser("start", help="start the KMS application")
-    parser.add_argument(
-        "-c",
-        "--config",
-        metavar="PATH",
-        help="path to tmkms.toml (default: $TMKMS_CONFIG_FILE, else ./tmkms.toml)",
-    )
+    add_config_option(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="enable debug logging")
     parser.add_argument(
         "--log-format",

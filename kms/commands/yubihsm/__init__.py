@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kms.commands import add_group
-from kms.commands.yubihsm.common import add_config_option, add_verbose_option
+from kms.commands import add_config_option, add_group
+from kms.commands.yubihsm.common import add_verbose_option
 from kms.commands.yubihsm.device import run_detect, run_simulator, run_test
 from kms.commands.yubihsm.keys import key_id_arg, run_export, run_generate, run_import, run_list
 from kms.commands.yubihsm.setup import run_setup

@@ -27,16 +27,6 @@ T = TypeVar("T")
 CLI_IO_TIMEOUT = 10.0
 
 
-def add_config_option(parser: argparse.ArgumentParser) -> None:
-    """``-c/--config PATH``, as every tmkms command that reads tmkms.toml has it."""
-    parser.add_argument(
-        "-c",
-        "--config",
-        metavar="PATH",
-        help="path to tmkms.toml (default: $TMKMS_CONFIG_FILE, else ./tmkms.toml)",
-    )
-
-
 def add_verbose_option(parser: argparse.ArgumentParser) -> None:
     """``-v/--verbose``: debug logging."""
     parser.add_argument("-v", "--verbose", action="store_true", help="enable debug logging")
