@@ -20,15 +20,15 @@ from typing import Any
 import attrs
 import trio
 from nacl.signing import SigningKey
-from support.promtool import literal_values, prometheus_server, references
-from test_contrib_grafana import dashboard_queries, substitute
 
 from kms.protocol.messages import SignedMsgType
 from kms.testing.consensus import make_proposal, make_vote, random_block_id
 from kms.testing.node import SignerClient, simulated_node
 from kms.transport.address import Address
+from tests.support.grafana import dashboard_queries, substitute
 from tests.support.kmsproc import chain_toml, free_tcp_port, tmkms_start, validator_toml, write_key
 from tests.support.metrics import metrics_base
+from tests.support.promtool import literal_values, prometheus_server, references
 
 RULES = Path(__file__).resolve().parent.parent / "contrib" / "prometheus" / "tmkms-rules.yml"
 JOB = "tmkms"  # the job name tmkms-rules.yml expects (TmkmsDown)

@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.promtool import Matcher, Selector, literal_values, promtool, references, tokenize
+
+from tests.support.promtool import Matcher, Selector, literal_values, promtool, references, tokenize
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "prometheus"
 RULES = CONTRIB / "tmkms-rules.yml"

@@ -15,17 +15,6 @@ import betterproto
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_protocol_strategies import (
-    ALL_VERSIONS,
-    as_decoded,
-    block_ids,
-    oracle_timestamps,
-    proposals,
-    requests,
-    responses,
-    texts,
-    votes,
-)
 
 from kms.proto.gen.celestia import privval as celestia_privval
 from kms.proto.gen.cometbft.privval import v1 as cometbft_v1
@@ -60,6 +49,17 @@ from kms.protocol.signbytes import (
 )
 from kms.protocol.version import ProtocolVersion
 from kms.protocol.wire import uvarint
+from tests.support.strategies import (
+    ALL_VERSIONS,
+    as_decoded,
+    block_ids,
+    oracle_timestamps,
+    proposals,
+    requests,
+    responses,
+    texts,
+    votes,
+)
 from tests.support.vectors import load_vectors, vector_checked
 
 V = ProtocolVersion

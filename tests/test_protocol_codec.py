@@ -9,7 +9,6 @@ import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_protocol_strategies import ALL_VERSIONS, as_decoded, requests, responses, votes
 
 from kms.errors import ProtocolError
 from kms.protocol.codec import decode_request, decode_response, encode_request, encode_response
@@ -33,6 +32,7 @@ from kms.protocol.messages import (
 )
 from kms.protocol.version import ProtocolVersion
 from kms.protocol.wire import uvarint
+from tests.support.strategies import ALL_VERSIONS, as_decoded, requests, responses, votes
 
 V = ProtocolVersion
 

@@ -6,7 +6,6 @@ import attrs
 import pytest
 from betterproto.lib.google.protobuf import Timestamp as PbTimestamp
 from hypothesis import given
-from test_protocol_strategies import proposals, texts, timestamps, votes
 
 from kms.errors import ProtocolError, SigningRefused
 from kms.protocol.messages import (
@@ -31,6 +30,7 @@ from kms.protocol.signbytes import (
 )
 from kms.protocol.varint import decode_uvarint
 from kms.protocol.wire import uvarint
+from tests.support.strategies import proposals, texts, timestamps, votes
 
 HASH = bytes(range(32))
 BLOCK = BlockId(HASH, PartSetHeader(1, bytes(32)))

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from nacl.signing import SigningKey
 
 from kms.chain.store import StateFile
 from kms.config import KmsConfig, load_config
@@ -19,30 +18,12 @@ from kms.service import Service
 from kms.testing.consensus import make_vote, random_block_id
 from kms.testing.node import SignerClient, simulated_node
 from kms.transport.address import Address
-from tests.support.kmsproc import chain_toml, validator_toml, write_key
-
-
-def home(tmp_path: Path, chains: list[str]) -> Path:
-    """Key files for ``chains`` (and the identity) under ``tmp_path``."""
-    (tmp_path / "state").mkdir(exist_ok=True)
-    write_key(tmp_path / "secrets" / "kms-identity.key", SigningKey.generate())
-    for chain in chains:
-        write_key(tmp_path / "secrets" / f"{chain}.key", SigningKey(bytes([len(chain)]) * 32))
-    return tmp_path
-
-
-def config_text(tmp_path: Path, chains: list[str], extra: str = "") -> str:
-    text = "".join(
-        chain_toml(chain, tmp_path)
-        + validator_toml(chain, f"unix://{tmp_path}/{chain}.sock", tmp_path, "v0.38")
-        for chain in chains
-    )
-    return text + extra
+from tests.support.kmsproc import unix_config, unix_home
 
 
 def load(tmp_path: Path, chains: list[str], extra: str = "", name: str = "tmkms.toml") -> KmsConfig:
     path = tmp_path / name
-    path.write_text(config_text(tmp_path, chains, extra))
+    path.write_text(unix_config(tmp_path, chains, extra))
     return load_config(path)
 
 
@@ -50,7 +31,7 @@ def load(tmp_path: Path, chains: list[str], extra: str = "", name: str = "tmkms.
 
 
 def test_plan_adds_and_removes_chains_and_keeps_the_rest(tmp_path: Path) -> None:
-    home(tmp_path, ["a-1", "b-1", "c-1"])
+    unix_home(tmp_path, ["a-1", "b-1", "c-1"])
     running = load(tmp_path, ["a-1", "b-1"])
     new = load(tmp_path, ["a-1", "c-1"], name="new.toml")
     plan = plan_reload(running, new)
@@ -69,15 +50,15 @@ def test_plan_adds_and_removes_chains_and_keeps_the_rest(tmp_path: Path) -> None
 
 
 def test_the_same_file_plans_nothing(tmp_path: Path) -> None:
-    home(tmp_path, ["a-1"])
+    unix_home(tmp_path, ["a-1"])
     plan = plan_reload(load(tmp_path, ["a-1"]), load(tmp_path, ["a-1"], name="same.toml"))
     assert plan.empty and plan.not_applied == ()
 
 
 def test_what_cannot_change_live_is_named_and_kept(tmp_path: Path) -> None:
-    home(tmp_path, ["a-1"])
+    unix_home(tmp_path, ["a-1"])
     running = load(tmp_path, ["a-1"])
-    changed = config_text(tmp_path, ["a-1"]).replace('type = "hex"', 'type = "cosmos-json"')
+    changed = unix_config(tmp_path, ["a-1"]).replace('type = "hex"', 'type = "cosmos-json"')
     path = tmp_path / "new.toml"
     path.write_text(changed + '\n[metrics]\nbind_address = "127.0.0.1:9999"\n')
     new = load_config(path)
@@ -89,9 +70,9 @@ def test_what_cannot_change_live_is_named_and_kept(tmp_path: Path) -> None:
 
 
 def test_a_state_file_never_moves_to_another_chain(tmp_path: Path) -> None:
-    home(tmp_path, ["a-1", "b-1"])
+    unix_home(tmp_path, ["a-1", "b-1"])
     running = load(tmp_path, ["a-1"])
-    moved = config_text(tmp_path, ["b-1"]).replace("state/b-1.json", "state/a-1.json")
+    moved = unix_config(tmp_path, ["b-1"]).replace("state/b-1.json", "state/a-1.json")
     path = tmp_path / "moved.toml"
     path.write_text(moved)
     with pytest.raises(
@@ -102,10 +83,10 @@ def test_a_state_file_never_moves_to_another_chain(tmp_path: Path) -> None:
 
 
 def test_a_new_chain_without_a_key_it_can_load_is_refused(tmp_path: Path) -> None:
-    home(tmp_path, ["a-1", "b-1"])
+    unix_home(tmp_path, ["a-1", "b-1"])
     running = load(tmp_path, ["a-1"])
     # b-1's key moves into the section a-1 already uses: that section cannot change live
-    text = config_text(tmp_path, ["a-1", "b-1"]).replace(
+    text = unix_config(tmp_path, ["a-1", "b-1"]).replace(
         'chain_ids = ["a-1"]', 'chain_ids = ["a-1", "b-1"]'
     )
     text = text.replace(
@@ -133,7 +114,7 @@ async def sign_steps(client: SignerClient, heights: range, rng: random.Random) -
 
 
 async def test_reload_adds_and_removes_a_chain_while_another_signs(tmp_path: Path) -> None:
-    home(tmp_path, ["a-1", "b-1"])
+    unix_home(tmp_path, ["a-1", "b-1"])
     service = await Service.open(load(tmp_path, ["a-1"]))
     rng = random.Random(1)
     a_addr = Address(scheme="unix", path=f"{tmp_path}/a-1.sock")
@@ -166,7 +147,7 @@ async def test_reload_adds_and_removes_a_chain_while_another_signs(tmp_path: Pat
 
 
 async def test_a_bad_reload_changes_nothing(tmp_path: Path) -> None:
-    home(tmp_path, ["a-1", "b-1"])
+    unix_home(tmp_path, ["a-1", "b-1"])
     service = await Service.open(load(tmp_path, ["a-1"]))
     before = (service.config, dict(service.trackers), list(service.registry.chains()))
     (tmp_path / "secrets" / "b-1.key").write_text("not a key\n")
@@ -191,7 +172,7 @@ async def test_reload_racing_with_signing_never_rewinds_nor_conflicts(
     and the state file never goes back.
     """
     rng = random.Random(seed)
-    home(tmp_path, ["a-1", "b-1"])
+    unix_home(tmp_path, ["a-1", "b-1"])
     both = load(tmp_path, ["a-1", "b-1"], name="both.toml")
     only_a = load(tmp_path, ["a-1"], name="only-a.toml")
     service = await Service.open(both)

@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 
 import trio
-from test_reload import config_text, home
 
 from kms.protocol.messages import SignedMsgType
 from kms.testing.consensus import make_vote, random_block_id
 from kms.testing.node import SignerClient, simulated_node
 from kms.transport.address import Address
-from tests.support.kmsproc import KmsProcess, tmkms_start
+from tests.support.kmsproc import KmsProcess, tmkms_start, unix_config, unix_home
 from tests.support.metrics import metrics_base, scrape, value
 
 MAX_GAP = 0.050
@@ -38,9 +37,9 @@ async def hup(kms: KmsProcess, config: Path, text: str, expect: str, count: int)
 async def test_sighup_adds_and_removes_a_chain_without_touching_the_other(
     tmp_path: Path,
 ) -> None:
-    home(tmp_path, ["a-1", "b-1"])
+    unix_home(tmp_path, ["a-1", "b-1"])
     config = tmp_path / "tmkms.toml"
-    config.write_text(config_text(tmp_path, ["a-1"]))
+    config.write_text(unix_config(tmp_path, ["a-1"]))
     a_addr = Address(scheme="unix", path=f"{tmp_path}/a-1.sock")
     b_addr = Address(scheme="unix", path=f"{tmp_path}/b-1.sock")
     rng = random.Random(7)
@@ -74,7 +73,7 @@ async def test_sighup_adds_and_removes_a_chain_without_touching_the_other(
             await trio.sleep(0.3)
 
             # add b-1
-            text = config_text(tmp_path, ["a-1", "b-1"])
+            text = unix_config(tmp_path, ["a-1", "b-1"])
             since = await hup(kms, config, text, r"reloaded .*: added chain\(s\) b-1", 1)
             client_b = await node_b.accept()
             reply = await client_b.sign_vote(
@@ -85,7 +84,7 @@ async def test_sighup_adds_and_removes_a_chain_without_touching_the_other(
             assert largest_gap(since - 0.1) < MAX_GAP, largest_gap(since - 0.1)
 
             # remove it again
-            text = config_text(tmp_path, ["a-1"])
+            text = unix_config(tmp_path, ["a-1"])
             since = await hup(kms, config, text, r"reloaded .*: removed chain\(s\) b-1", 1)
             await trio.sleep(0.3)
             assert largest_gap(since - 0.1) < MAX_GAP

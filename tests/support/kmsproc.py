@@ -201,3 +201,22 @@ def priv_validator_key_json(key: SigningKey) -> str:
         },
         indent=2,
     )
+
+
+def unix_home(tmp_path: Path, chains: list[str]) -> Path:
+    """A KMS home: key files for ``chains`` (and the identity), a state folder."""
+    (tmp_path / "state").mkdir(exist_ok=True)
+    write_key(tmp_path / "secrets" / "kms-identity.key", SigningKey.generate())
+    for chain in chains:
+        write_key(tmp_path / "secrets" / f"{chain}.key", SigningKey(bytes([len(chain)]) * 32))
+    return tmp_path
+
+
+def unix_config(tmp_path: Path, chains: list[str], extra: str = "") -> str:
+    """tmkms.toml text: each chain with its softsign key and a unix-socket validator."""
+    text = "".join(
+        chain_toml(chain, tmp_path)
+        + validator_toml(chain, f"unix://{tmp_path}/{chain}.sock", tmp_path, "v0.38")
+        for chain in chains
+    )
+    return text + extra
