@@ -11,14 +11,34 @@
 ``import`` and ``set`` take the chain's state lock (:mod:`kms.lock`) and refuse while a
 `tmkms start` holds it; they never lower a state (``import`` only with ``--force``), print
 the state before and after, and write it durably (:class:`kms.chain.store.StateFile`).
+
+With ``[etcd]`` (high availability), each chain also has a shared watermark in etcd:
+
+* ``show`` reads every chain's watermark (a linearizable read) and prints it beside the
+  local state with the host that wrote it, or ``missing``, or why the value is malformed.
+  An etcd that cannot be asked is one line saying so (the local states are still shown).
+* ``import`` and ``set``, after the local write and still holding the state lock, raise the
+  watermark to the new local state by check-and-set (:func:`kms.ha.admin.raise_watermark`):
+  a concurrent writer is never overwritten, a watermark at or past the state is left as it
+  is, and a malformed value is left alone; ``import --force`` replaces either. The outcome
+  is printed. If etcd cannot be asked, the local state stays written and the command fails
+  (exit 1) saying so: `tmkms start` brings the two together on first contact.
+
+Exit codes of ``show``: 4 when a state file or a watermark cannot be read (or is
+malformed), else 1 when etcd could not be asked, else 0. Nothing here ever prints the etcd
+password (the client never formats it into a message).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from kms.chain.filepv import parse_cometbft_state
 from kms.chain.state import MAX_HEIGHT_VALUE, BlockRef, SignState
@@ -26,13 +46,20 @@ from kms.chain.stateformat import parse_state
 from kms.chain.store import StateFile, read_state
 from kms.commands import add_group
 from kms.config import ChainConfig, KmsConfig, config_path_from, load_config
-from kms.errors import ConfigError, StateError
+from kms.config.etcd import EtcdSettings
+from kms.errors import ConfigError, KmsError, StateError
 from kms.lock import lock_state_files, state_lock_holder
 
 if TYPE_CHECKING:
     from kms.commands import Subparsers
+    from kms.ha.admin import Raised
+    from kms.ha.client import EtcdClient
+    from kms.ha.watermark import Stored
 
 _PURPOSE = "stop it before changing the state"
+#: Seconds these commands wait for etcd at least (the ``[etcd] timeout`` is for one
+#: signature's check-and-set; an operator's command can afford a few seconds).
+ETCD_WAIT = 5.0
 
 
 def add_commands(subparsers: Subparsers) -> None:
@@ -140,29 +167,180 @@ def state_json(state: SignState) -> dict[str, Any]:
 
 
 def show_states(args: argparse.Namespace) -> int:
-    """`tmkms state show`: every chain's state; exit 4 if any state file is unreadable."""
+    """`tmkms state show`: every chain's state (and watermark); see the module docstring."""
     config = load_config(config_path_from(args.config))
     entries: list[dict[str, Any]] = []
     lines: list[str] = []
+    shared: SharedView | None = None
+    if config.etcd is not None:
+        shared = read_shared(config.etcd, [chain.id for chain in config.chains])
+        lines.append(shared.headline())
     for chain in config.chains:
         entry: dict[str, Any] = {"chain_id": chain.id, "state_file": str(chain.state_file)}
         entries.append(entry)
+        state: SignState | None = None
         try:
             state = read_state(chain.state_file)
             pid = state_lock_holder(chain.state_file)
         except StateError as exc:
             entry["error"] = str(exc)
             lines.append(f"{chain.id}: error: {exc}")
-            continue
-        entry["exists"] = state is not None
-        entry["locked_by_pid"] = pid
-        if state is not None:
-            entry.update(state_json(state))
-        head = describe(state) if state is not None else "nothing signed yet (no state file)"
-        held = "" if pid is None else f" (in use by a running tmkms start, pid {pid or '?'})"
-        lines.append(f"{chain.id}: {head}\n    {chain.state_file}{held}")
-    print(json.dumps({"chains": entries}, indent=2) if args.json else "\n".join(lines))
-    return 4 if any("error" in entry for entry in entries) else 0
+        else:
+            entry["exists"] = state is not None
+            entry["locked_by_pid"] = pid
+            if state is not None:
+                entry.update(state_json(state))
+            head = describe(state) if state is not None else "nothing signed yet (no state file)"
+            held = "" if pid is None else f" (in use by a running tmkms start, pid {pid or '?'})"
+            lines.append(f"{chain.id}: {head}\n    {chain.state_file}{held}")
+        if shared is not None:
+            entry["shared"] = shared.chain_json(chain.id)
+            lines.append(f"    shared: {shared.chain_text(chain.id, state)}")
+    if args.json:
+        doc: dict[str, Any] = {"chains": entries}
+        if shared is not None:
+            doc["etcd"] = shared.etcd_json()
+        print(json.dumps(doc, indent=2))
+    else:
+        print("\n".join(lines))
+    if any("error" in entry for entry in entries):
+        return 4
+    if shared is not None and shared.malformed():
+        return 4
+    return 1 if shared is not None and shared.error is not None else 0
+
+
+@attrs.frozen
+class SharedView:
+    """What ``show`` learnt from etcd: each chain's stored watermark, or why it did not."""
+
+    settings: EtcdSettings
+    stored: dict[str, Stored]
+    error: str | None  # etcd could not be asked (the chains without ``stored`` are unknown)
+
+    def key(self, chain_id: str) -> str:
+        return f"{self.settings.prefix}{chain_id}"
+
+    def headline(self) -> str:
+        if self.error is not None:
+            return f"etcd: not reachable: {self.error}"
+        return f"etcd: {', '.join(self.settings.endpoints)} (prefix {self.settings.prefix})"
+
+    def malformed(self) -> bool:
+        return any(stored.problem is not None for stored in self.stored.values())
+
+    def chain_text(self, chain_id: str, local: SignState | None) -> str:
+        key = self.key(chain_id)
+        stored = self.stored.get(chain_id)
+        if stored is None:
+            return f"unknown: etcd not reachable (key {key})"
+        if stored.problem is not None:
+            return (
+                f"malformed: etcd key {key} (revision {stored.mod_revision}) does not hold a "
+                f"tmkms watermark: {stored.problem}"
+            )
+        if stored.watermark is None:
+            return (
+                f"missing (no etcd key {key}; tmkms start creates it from the local state on "
+                "first contact)"
+            )
+        mark = stored.watermark
+        where = f"etcd key {key}, revision {stored.mod_revision}"
+        text = f"{describe(mark.state)}, written by {mark.host} ({where})"
+        if local is not None:
+            text += _compared(local, mark.state)
+        return text
+
+    def chain_json(self, chain_id: str) -> dict[str, Any]:
+        doc: dict[str, Any] = {"key": self.key(chain_id)}
+        stored = self.stored.get(chain_id)
+        if stored is None:
+            doc.update(status="unknown", error=self.error or "etcd not reachable")
+        elif stored.problem is not None:
+            doc.update(status="malformed", mod_revision=stored.mod_revision, error=stored.problem)
+        elif stored.watermark is None:
+            doc["status"] = "missing"
+        else:
+            mark = stored.watermark
+            doc.update(status="ok", mod_revision=stored.mod_revision, host=mark.host)
+            doc.update(nonce=mark.nonce, **state_json(mark.state))
+        return doc
+
+    def etcd_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "endpoints": list(self.settings.endpoints),
+            "prefix": self.settings.prefix,
+            "reachable": self.error is None,
+        }
+        if self.error is not None:
+            doc["error"] = self.error
+        return doc
+
+
+def _compared(local: SignState, shared: SignState) -> str:
+    """How the watermark stands against the local state, for the operator."""
+    if shared == local:
+        return ", same as the local state"
+    if shared.hrs > local.hrs:
+        return ", ahead of the local state (tmkms start adopts it)"
+    if shared.hrs < local.hrs:
+        return ", behind the local state (tmkms start raises it)"
+    return ", at the local state's height/round/step with another block"
+
+
+def read_shared(settings: EtcdSettings, chain_ids: list[str]) -> SharedView:
+    """Every chain's watermark, read within :func:`etcd_wait` seconds."""
+    import trio
+
+    stored, error = trio.run(_read_shared, settings, chain_ids)
+    return SharedView(settings, stored, error)
+
+
+def etcd_wait(settings: EtcdSettings) -> float:
+    """How long a command waits for etcd: ``ETCD_WAIT``, or the ``[etcd] timeout`` if longer."""
+    return max(ETCD_WAIT, settings.timeout)
+
+
+async def _read_shared(
+    settings: EtcdSettings, chain_ids: list[str]
+) -> tuple[dict[str, Stored], str | None]:
+    from kms.ha.admin import read_watermark
+    from kms.ha.watermark import watermark_key
+
+    stored: dict[str, Stored] = {}
+    try:
+        async with _etcd_session(settings) as client:
+            for chain_id in chain_ids:
+                key = watermark_key(settings.prefix, chain_id)
+                stored[chain_id] = await read_watermark(client, key)
+    except KmsError as exc:
+        return stored, str(exc).removeprefix("etcd: ")
+    return stored, None
+
+
+@asynccontextmanager
+async def _etcd_session(settings: EtcdSettings) -> AsyncIterator[EtcdClient]:
+    """The client of ``[etcd]``, the block under :func:`etcd_wait`; EtcdError past it.
+
+    A bad password or TLS file is a ConfigError; the client's connections are closed on
+    exit (shielded, briefly: closing never waits on a stalled member).
+    """
+    import trio
+
+    from kms.ha.errors import EtcdCause, EtcdError
+    from kms.ha.settings import open_client
+
+    client = open_client(settings)
+    wait = etcd_wait(settings)
+    try:
+        with trio.move_on_after(wait) as scope:
+            yield client
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+            await client.aclose()
+    if scope.cancelled_caught:
+        endpoints = ", ".join(settings.endpoints)
+        raise EtcdError(EtcdCause.UNREACHABLE, f"no answer from {endpoints} within {wait:g} s")
 
 
 def _report(chain: ChainConfig, before: SignState | None, after: SignState | None) -> None:
@@ -176,6 +354,7 @@ def import_state(args: argparse.Namespace) -> int:
     config = load_config(config_path_from(args.config))
     chain = _chain(config, args.chain_id)
     new, fmt = read_import_file(args.file, args.format)
+    _check_etcd_files(config)
     print(f"read {fmt} state from {args.file}: {describe(new)}")
     with lock_state_files([chain.state_file], purpose=_PURPOSE):
         try:
@@ -186,11 +365,11 @@ def import_state(args: argparse.Namespace) -> int:
             current = None
         if current is not None and not args.force:
             _refuse_lowering(chain, current, new)
-        if current == new:
-            _report(chain, current, None)
-            return 0
-        StateFile(chain.state_file).save(new)
-    _report(chain, current, new)
+        if current != new:
+            StateFile(chain.state_file).save(new)
+        _report(chain, current, new if current != new else None)
+        if config.etcd is not None:
+            return raise_shared(config.etcd, chain, new, force=args.force, command="import")
     return 0
 
 
@@ -211,6 +390,7 @@ def set_height(args: argparse.Namespace) -> int:
     """`tmkms state set CHAIN_ID HEIGHT`: raise the state to HEIGHT/0/0 (never lower it)."""
     config = load_config(config_path_from(args.config))
     chain = _chain(config, args.chain_id)
+    _check_etcd_files(config)
     new = SignState(args.height, 0, 0, BlockRef.NIL)
     with lock_state_files([chain.state_file], purpose=_PURPOSE):
         current = read_state(chain.state_file)
@@ -220,5 +400,99 @@ def set_height(args: argparse.Namespace) -> int:
                 f"`state set` only raises it (to a height above {current.height})"
             )
         StateFile(chain.state_file).save(new)
-    _report(chain, current, new)
+        _report(chain, current, new)
+        if config.etcd is not None:
+            return raise_shared(config.etcd, chain, new, force=False, command="set")
     return 0
+
+
+def _check_etcd_files(config: KmsConfig) -> None:
+    """Read ``[etcd]``'s password and TLS files now: a broken one stops before any write."""
+    if config.etcd is not None:
+        from kms.ha.settings import open_client
+
+        open_client(config.etcd)
+
+
+def raise_shared(
+    settings: EtcdSettings, chain: ChainConfig, state: SignState, *, force: bool, command: str
+) -> int:
+    """Raise ``chain``'s watermark to ``state`` (after the local write) and print the outcome.
+
+    Returns the exit code: 0 when the watermark now covers ``state``, 4 when a malformed
+    value was left alone; raises a KmsError (exit 1) when etcd could not be asked.
+    """
+    import trio
+
+    key = f"{settings.prefix}{chain.id}"
+    try:
+        before, raised = trio.run(_raise_shared, settings, chain.id, state, force)
+    except KmsError as exc:
+        print(f"  shared: not changed (etcd key {key}): etcd could not be asked")
+        raise KmsError(
+            f"the shared watermark of {chain.id} was not raised: {exc}. The local state is "
+            "written; tmkms start brings the two together on first contact (a lower "
+            "watermark is raised to the local state, a higher one adopted), or run this "
+            "command again once etcd answers"
+        ) from exc
+    from kms.ha.admin import RaiseOutcome
+
+    text = _raised_text(key, before, raised, state, host=settings.host, command=command)
+    print(f"  shared: {text}")
+    return 4 if raised.outcome is RaiseOutcome.MALFORMED else 0
+
+
+async def _raise_shared(
+    settings: EtcdSettings, chain_id: str, state: SignState, force: bool
+) -> tuple[Stored, Raised]:
+    from kms.ha.admin import raise_watermark, read_watermark
+    from kms.ha.watermark import watermark_key
+
+    key = watermark_key(settings.prefix, chain_id)
+    async with _etcd_session(settings) as client:
+        before = await read_watermark(client, key)
+        raised = await raise_watermark(client, key, state, settings.host, force=force)
+    return before, raised
+
+
+def _raised_text(
+    key: str, before: Stored, raised: Raised, state: SignState, *, host: str, command: str
+) -> str:
+    from kms.ha.admin import RaiseOutcome
+
+    where = f"etcd key {key}"
+    stored = raised.stored
+    if raised.outcome is RaiseOutcome.MALFORMED:
+        fix = (
+            "use --force to replace it"
+            if command == "import"
+            else ("`tmkms state import --force` replaces it")
+        )
+        return (
+            f"left alone: {where} (revision {stored.mod_revision}) does not hold a tmkms "
+            f"watermark ({stored.problem}); {fix}"
+        )
+    mark = stored.watermark
+    assert mark is not None
+    if raised.outcome is RaiseOutcome.UNCHANGED:
+        text = f"unchanged at {describe(mark.state)}, written by {mark.host} ({where})"
+        if mark.state.hrs == state.hrs and mark.state.block != state.block:
+            return text + (
+                f": already at {state} with another block; both are kept, and tmkms start "
+                "refuses whatever either forbids"
+            )
+        return text + f": already at or past {state}"
+    was = before.watermark
+    if was is None:
+        verb = "replaced a malformed value with" if before.problem is not None else "created at"
+        return f"{verb} {describe(mark.state)} by {host} ({where}, revision {stored.mod_revision})"
+    if was.state.hrs > mark.state.hrs:
+        verb = "lowered (--force)"
+    elif was.state.hrs == mark.state.hrs:
+        verb = "replaced (--force)"  # same height/round/step, another block
+    else:
+        verb = "raised"
+    return (
+        f"{verb} from {describe(was.state)} (by {was.host}) to {describe(mark.state)} by "
+        f"{host} ({where}, revision {stored.mod_revision})"
+    )
