@@ -7,6 +7,8 @@ the project's.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import time
 import uuid
@@ -14,12 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kms.chain.state import BlockRef, SignState
 from kms.chain.stateformat import format_state, parse_state
 from kms.cli import main
 from kms.ha.watermark import format_watermark, new_nonce, parse_watermark
-from tests.support.etcd import EtcdCluster, free_ports, running_cluster
+from tests.support.etcd import ClusterTls, EtcdCluster, free_ports, running_cluster
 
 pytestmark = pytest.mark.usefixtures("restore_root_logger")
 
@@ -31,7 +37,12 @@ PASSWORD = "s3cret-etcd-passw0rd"
 
 
 def write_home(
-    home: Path, endpoints: list[str], prefix: str, *, auth: tuple[str, Path] | None = None
+    home: Path,
+    endpoints: list[str],
+    prefix: str,
+    *,
+    auth: tuple[str, Path] | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
 ) -> Path:
     """Two chains (no keys: the state commands need none) and an ``[etcd]`` section."""
     (home / "state").mkdir(exist_ok=True)
@@ -45,6 +56,8 @@ def write_home(
     text += f'host = "{HOST}"\n'
     if auth is not None:
         text += f'username = "{auth[0]}"\npassword_file = "{auth[1]}"\n'
+    if tls is not None:
+        text += f'ca_file = "{tls[0]}"\ncert_file = "{tls[1]}"\nkey_file = "{tls[2]}"\n'
     config = home / "tmkms.toml"
     config.write_text(text)
     return config
@@ -319,3 +332,102 @@ def test_auth_with_a_prefix_role_and_the_password_never_shown(
     for text in (captured.out, captured.err, captured2.out, captured2.err):
         assert PASSWORD not in text and wrong not in text
         assert "Traceback" not in text
+
+
+def _certificate(
+    folder: Path,
+    name: str,
+    subject: x509.Name,
+    usage: list[x509.ObjectIdentifier],
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None = None,
+) -> tuple[Path, Path, x509.Name, ec.EllipticCurvePrivateKey]:
+    """A P-256 certificate (a CA when ``issuer`` is None) written as ``<name>.pem/.key``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    issuer_name, issuer_key = issuer if issuer is not None else (subject, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if usage:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        alt = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        builder = builder.add_extension(alt, critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    cert_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path, subject, key
+
+
+def _name(**parts: str) -> x509.Name:
+    oids = {"cn": NameOID.COMMON_NAME, "o": NameOID.ORGANIZATION_NAME}
+    return x509.Name([x509.NameAttribute(oids[k], v) for k, v in parts.items()])
+
+
+def test_tls_client_certificates_with_auth_as_the_readme_sets_them_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Client certificates required and auth on (a role limited to the prefix): the
+    members' certificate has serverAuth and clientAuth, the KMS's has no CommonName (etcd's
+    JSON gateway refuses one with a CN while auth is on: a clear line, not a 400)."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca_pem, _, ca_name, ca_key = _certificate(pki, "ca", _name(cn="etcd CA"), [])
+    by_ca = (ca_name, ca_key)
+    both = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    member = _certificate(pki, "member", _name(cn="etcd1"), both, by_ca)
+    client = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    kms = _certificate(pki, "kms", _name(o="tmkms"), client, by_ca)
+    named = _certificate(pki, "kms-named", _name(cn="kms-a"), client, by_ca)
+    helper = _certificate(pki, "helper", _name(o="tests"), client, by_ca)
+    tls = ClusterTls(
+        cert_file=member[0],
+        key_file=member[1],
+        client_ca_file=ca_pem,
+        ca_file=ca_pem,
+        helper_cert=(helper[0], helper[1]),
+    )
+    password_file = tmp_path / "etcd-password"
+    password_file.write_text(PASSWORD + "\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    with running_cluster(tmp_path / "etcd", tls=tls) as cluster:
+        cluster.enable_auth("tmkms", PASSWORD, "/tmkms-tls/", root_password="r00t-pw")
+        auth = ("tmkms", password_file)
+        write_home(home, cluster.endpoints, "/tmkms-tls/", auth=auth, tls=(ca_pem, kms[0], kms[1]))
+        assert run(home, "set", "alpha-1", "9") == 0
+        assert f"  shared: created at 9/0/0 Proposal, block <nil> by {HOST}" in (
+            capsys.readouterr().out
+        )
+        assert run(home, "show") == 0
+        assert "    shared: 9/0/0 Proposal, block <nil>, written by ops-1" in (
+            capsys.readouterr().out
+        )
+
+        tls_files = (ca_pem, named[0], named[1])
+        write_home(home, cluster.endpoints, "/tmkms-tls/", auth=auth, tls=tls_files)
+        started = time.monotonic()
+        assert run(home, "show") == 1
+        assert time.monotonic() - started < 5.0  # etcd's answer: not retried until the deadline
+        captured = capsys.readouterr()
+        first = captured.out.splitlines()[0]
+        assert first.startswith("etcd: not reachable: etcd https://127.0.0.1:"), first
+        assert (
+            "authentication as 'tmkms' failed: etcd's JSON gateway refuses a client certificate "
+            "with a CommonName while auth is enabled: issue the KMS's certificate without a CN"
+        ) in first
+        assert PASSWORD not in captured.out + captured.err

@@ -234,6 +234,14 @@ def classify_error(
             return _classify_grpc(doc["code"], message)
     if status == 400 and b"HTTP request to an HTTPS server" in body:
         return ErrorReply(EtcdCause.TLS, "the endpoint speaks TLS: use an https:// endpoint")
+    if status == 400 and b"CommonName of client sending a request against gateway" in body:
+        # etcd's JSON gateway, with auth enabled, refuses any client certificate with a CN
+        return ErrorReply(
+            EtcdCause.TLS,
+            "etcd's JSON gateway refuses a client certificate with a CommonName while auth "
+            "is enabled: issue the KMS's certificate without a CN (name it in subjectAltName)",
+            rejected=True,
+        )
     return ErrorReply(
         EtcdCause.PROTOCOL,
         f"not an etcd v3 JSON gateway: HTTP {status} {content_type or 'without content type'}"
