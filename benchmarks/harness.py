@@ -58,6 +58,7 @@ class KmsHome:
     root: Path
     chains: list[str]
     nodes: dict[str, SimulatedNode] = attrs.field(factory=dict)
+    extra: str = ""  # more tmkms.toml sections ([etcd], [metrics]), appended as they are
 
     @property
     def config(self) -> Path:
@@ -93,7 +94,7 @@ secret_key = "{identity}"
 protocol_version = "v0.38"
 """
             )
-        self.config.write_text("\n".join(sections))
+        self.config.write_text("\n".join([*sections, self.extra]))
 
 
 def _write_key(path: Path) -> None:
@@ -102,10 +103,15 @@ def _write_key(path: Path) -> None:
 
 
 @asynccontextmanager
-async def kms_with_nodes(chains: Sequence[str]) -> AsyncIterator[tuple[KmsHome, trio.Process]]:
-    """Nodes listening on loopback, then a real `tmkms start` dialling all of them."""
+async def kms_with_nodes(
+    chains: Sequence[str], extra_toml: str = ""
+) -> AsyncIterator[tuple[KmsHome, trio.Process]]:
+    """Nodes listening on loopback, then a real `tmkms start` dialling all of them.
+
+    ``extra_toml`` is appended to its tmkms.toml (an ``[etcd]`` section, say).
+    """
     with tempfile.TemporaryDirectory(prefix="kms-bench-") as tmp:
-        home = KmsHome(Path(tmp), list(chains))
+        home = KmsHome(Path(tmp), list(chains), extra=extra_toml)
         for chain in chains:
             node = SimulatedNode(chain_id=chain)
             await node.listen(Address(scheme="tcp", host="127.0.0.1", port=0))
@@ -129,6 +135,12 @@ async def kms_with_nodes(chains: Sequence[str]) -> AsyncIterator[tuple[KmsHome, 
                     await process.wait()
                 for node in home.nodes.values():
                     await node.aclose()
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mb(pid: int) -> float:
