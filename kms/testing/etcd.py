@@ -6,8 +6,9 @@ loopback ports and its data dir under a folder the caller owns. Members keep etc
 durability (WAL fsync); only the raft timers are shortened, since loopback round trips are
 tiny: a 50 ms heartbeat and a 500 ms election timeout let a new leader take over in about a
 second; ``--pre-vote`` (etcd 3.5's default) keeps a member cut off from the others from
-inflating the raft term, so a quorum that comes back resumes at once. :meth:`LocalEtcd.close` SIGKILLs and reaps every member; use the cluster as a
-context manager so that happens whatever goes wrong.
+inflating the raft term, so a quorum that comes back resumes at once.
+:meth:`LocalEtcd.close` SIGKILLs and reaps every member; use the cluster as a context
+manager so that happens whatever goes wrong.
 
 The calls block (process spawning, a standard-library HTTP probe of each member's status):
 from trio, run :meth:`LocalEtcd.start` and :meth:`LocalEtcd.wait_leader` in a thread. The
