@@ -16,6 +16,10 @@ group commit of :mod:`kms.ha.batch`) and feeds the answers back. Each step:
   trip (its failure branch): if it carries our nonce, an earlier copy of this same txn was
   applied (won); otherwise another writer moved the watermark (a lost compare): back to
   the rule with the new value.
+* A missing key is created (compare ``CREATE(key) == 0``) only when ``must_exist`` is
+  false, that is at first contact. Once a store has seen its watermark, the key can only
+  be missing because it was deleted or etcd lost it, and then nothing in etcd tells what
+  another host may have signed: the machine decides MALFORMED, never "create".
 * A txn with no answer that may have reached etcd leaves the machine *ambiguous*: the next
   op is the identical txn again, whose answer is definitive for both copies, because the
   compare can hold for at most one of them, and not at all once anyone moved the key.
@@ -43,6 +47,7 @@ from kms.ha.watermark import Stored, Watermark, format_watermark, new_nonce
 from kms.ha.wire import RangeResult, TxnResult, b64
 
 __all__ = [
+    "GONE",
     "CasMachine",
     "CasOp",
     "Decision",
@@ -95,6 +100,13 @@ class CasOp:
 
 Op = ReadOp | CasOp
 
+#: Why a key that must exist (see :class:`CasMachine`) is refused when it is missing.
+GONE = (
+    "the key is gone (the watermark was there; it was deleted, or etcd lost it): nothing "
+    "tells what another host signed; restore it with `tmkms state set` at or above every "
+    "host's state"
+)
+
 
 class Verdict(enum.Enum):
     WON = "won"  # the watermark now holds our value: sign
@@ -123,11 +135,13 @@ class CasMachine:
         known: Stored | None = None,
         max_height: int | None = None,
         nonce: Callable[[], str] = new_nonce,
+        must_exist: bool = False,
     ) -> None:
         self.key = key
         self.new = new
         self._host = host
         self._max_height = max_height
+        self._must_exist = must_exist  # a missing key is a vanished watermark, not a new one
         self._nonce = nonce
         self.op: Op | None = ReadOp(key)  # what to send next; None once decided
         self.decision: Decision | None = None
@@ -174,6 +188,8 @@ class CasMachine:
         self._plan(stored)
 
     def _plan(self, stored: Stored) -> None:
+        if stored.missing and self._must_exist:
+            stored = attrs.evolve(stored, problem=GONE)
         refusal = None
         if stored.watermark is not None:
             refusal = check(stored.watermark.state, self.new, self._max_height)

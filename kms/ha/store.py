@@ -15,7 +15,8 @@ signature) after one ERROR line naming the chain and the cause, and one observer
 * refused: ``cas_refused(chain, cause)``, cause one of unreachable, unavailable (no
   leader), ambiguous (a txn may have been applied and no definitive answer came in time),
   rule (the watermark forbids it, and this process wrote it: an abandoned txn applied
-  late), malformed (the key holds no watermark), auth, tls, protocol.
+  late), malformed (the key holds no watermark, or it vanished after first contact: a
+  missing key is created at first contact only), auth, tls, protocol.
 
 Unreachable, unavailable and protocol errors are retried (briefly backing off, the client
 moving on to the next member) until the timeout; auth and TLS errors end the attempt at
@@ -162,7 +163,12 @@ class SharedWatermarkStore:
         if self.last_reconcile is None:
             await self._reconcile()
         machine = CasMachine(
-            self.key, state, self._host, known=self._known, max_height=self._max_height
+            self.key,
+            state,
+            self._host,
+            known=self._known,
+            max_height=self._max_height,
+            must_exist=True,  # reconciled: the key was there, so missing means it vanished
         )
         return await self._drive(machine)
 

@@ -1,0 +1,156 @@
+"""A watermark that vanishes from etcd while the KMS runs is refused, never re-created.
+
+Found by the end-to-end suite (tests/test_ha_e2e.py): host A wins a step over block X and
+signs it, host B is refused; then the chain's key disappears from etcd (an operator's
+``etcdctl del``, another tool on the prefix, a cluster restored from an older backup). B,
+asked again for its own block Y at the very step A signed, read "no key", took it for a
+new chain, created the key and signed Y: a double sign, without an ERROR line. Only first
+contact may create a missing key (from the local state, as the spec says); after it, a
+missing key means the watermark was lost, and nothing in etcd tells what another host
+signed, so the check-and-set refuses (cause malformed, "the key is gone") until an operator
+restores it.
+
+Here the check-and-set machine is driven by hand, then two stores are run against the real
+etcd cluster of tests/conftest.py (the end-to-end check is in tests/test_ha_e2e.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from kms.chain.state import BlockRef, SignState
+from kms.ha.cas import GONE, CasMachine, CasOp, ReadOp, Verdict
+from kms.ha.client import EtcdClient
+from kms.ha.errors import HaRefused
+from kms.ha.store import SharedWatermarkStore
+from kms.ha.watermark import Stored, Watermark, format_watermark, parse_watermark
+from kms.ha.wire import KeyValue, RangeResult, TxnResult
+from tests.support.etcd import EtcdCluster, LocalFile, b64
+
+KEY = b"/tmkms-safety/chain"
+X = BlockRef(b"\xaa" * 32, 1, b"\x0a" * 32)
+Y = BlockRef(b"\xbb" * 32, 1, b"\x0b" * 32)
+LIMIT = 30.0
+
+NOTHING = RangeResult(10, ())
+
+
+def stored_by_other(state: SignState, revision: int) -> Stored:
+    """A remembered watermark another host wrote."""
+    return Stored(revision, Watermark(state, "kms-a", "ab" * 12), fresh=False)
+
+
+# ---------------------------------------------------------------- the machine, by hand
+
+
+def test_first_contact_creates_a_missing_key() -> None:
+    machine = CasMachine(KEY, SignState(5, 0, 1, Y), "kms-b")
+    machine.answered(NOTHING)
+    assert isinstance(machine.op, CasOp) and machine.op.revision == 0  # CREATE == 0
+
+
+def test_once_seen_a_missing_key_is_refused_not_created() -> None:
+    """B remembers A's watermark at 5/0/1 over X and is asked for Y there: the guess
+    refuses, so B reads; the key is gone: malformed, decided without any write."""
+    machine = CasMachine(
+        KEY,
+        SignState(5, 0, 1, Y),
+        "kms-b",
+        known=stored_by_other(SignState(5, 0, 1, X), 40),
+        must_exist=True,
+    )
+    assert isinstance(machine.op, ReadOp)
+    machine.answered(NOTHING)
+    assert machine.op is None and machine.decision is not None
+    assert machine.decision.verdict is Verdict.MALFORMED
+    assert machine.decision.stored.problem == GONE
+
+
+def test_a_key_deleted_under_a_compare_is_refused() -> None:
+    """The txn's compare fails because the key was deleted: its failure branch shows no
+    key, which is a vanished watermark too, not a lost compare to retry as a create."""
+    machine = CasMachine(
+        KEY,
+        SignState(6, 0, 0, X),
+        "kms-b",
+        known=stored_by_other(SignState(5, 0, 2, X), 41),
+        must_exist=True,
+    )
+    assert isinstance(machine.op, CasOp) and machine.op.revision == 41
+    machine.answered(TxnResult(False, 50, (NOTHING,)))
+    assert machine.decision is not None and machine.decision.verdict is Verdict.MALFORMED
+
+
+def test_a_present_key_still_goes_through_the_rule() -> None:
+    value = format_watermark(SignState(5, 0, 1, X), "kms-a", "cd" * 12)
+    machine = CasMachine(KEY, SignState(5, 0, 2, X), "kms-b", must_exist=True)
+    machine.answered(RangeResult(10, (KeyValue(KEY, value, 1, 42, 1),)))
+    assert isinstance(machine.op, CasOp) and machine.op.revision == 42
+
+
+# ---------------------------------------------------------------- two stores on real etcd
+
+
+@pytest.fixture
+async def clients(etcd: EtcdCluster) -> AsyncIterator[list[EtcdClient]]:
+    made = [EtcdClient(etcd.endpoints), EtcdClient(etcd.endpoints[::-1])]
+    yield made
+    for client in made:
+        await client.aclose()
+
+
+def store(local: LocalFile, client: EtcdClient, host: str, chain: str) -> SharedWatermarkStore:
+    return SharedWatermarkStore(
+        local,
+        chain_id=chain,
+        client=client,
+        host=host,
+        prefix="/tmkms-safety/",
+    )
+
+
+async def outcome(s: SharedWatermarkStore, state: SignState) -> str:
+    try:
+        await s.save(state)
+    except HaRefused as exc:
+        return exc.reason
+    return "won"
+
+
+async def test_a_deleted_watermark_is_never_recreated_by_a_running_store(
+    etcd: EtcdCluster, clients: list[EtcdClient], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    chain = f"chain-{uuid.uuid4().hex[:8]}"
+    key = f"/tmkms-safety/{chain}"
+    a_local, b_local = LocalFile(tmp_path / "a.json"), LocalFile(tmp_path / "b.json")
+    a = store(a_local, clients[0], "kms-a", chain)
+    b = store(b_local, clients[1], "kms-b", chain)
+    with trio.fail_after(LIMIT):
+        for s in (a, b):
+            await s.load()
+        assert await outcome(a, SignState(5, 0, 1, X)) == "won"
+        assert await outcome(b, SignState(5, 0, 1, Y)) == "ha_lost"
+        kept = await trio.to_thread.run_sync(etcd.get_value, key)
+        saves = (a_local.saves, b_local.saves)
+        leader = await trio.to_thread.run_sync(etcd.wait_leader)
+        await trio.to_thread.run_sync(
+            lambda: etcd.post(leader, "/v3/kv/deleterange", {"key": b64(key)})
+        )
+        # before the fix: "won" (B created the key and would have signed Y at 5/0/1)
+        assert await outcome(b, SignState(5, 0, 1, Y)) == "ha_malformed"
+        assert await outcome(a, SignState(5, 0, 2, X)) == "ha_malformed"
+        assert await trio.to_thread.run_sync(etcd.get_value, key) is None  # nothing written
+        assert (a_local.saves, b_local.saves) == saves  # nothing saved locally either
+        # an operator puts the watermark back: both go on from it
+        assert kept is not None
+        await trio.to_thread.run_sync(lambda: etcd.put_value(key, kept))
+        assert await outcome(b, SignState(5, 0, 1, Y)) == "ha_lost"
+        assert await outcome(a, SignState(5, 0, 2, X)) == "won"
+    assert parse_watermark(kept or b"").state == SignState(5, 0, 1, X)
+    gone = [r.getMessage() for r in caplog.records if "the key is gone" in r.getMessage()]
+    assert len(gone) == 2 and all(f"[{chain}] shared watermark malformed" in m for m in gone)
