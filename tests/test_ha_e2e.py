@@ -36,6 +36,7 @@ import itertools
 import math
 import random
 import re
+import shutil
 import signal
 import statistics
 import sys
@@ -1296,3 +1297,68 @@ async def test_a_watermark_deleted_from_etcd_is_refused_not_recreated(
             await f.wait_signed(timeout=5)
             await f.steps(20)
     assert_safe(f, "watermark deleted from etcd, then restored")
+
+
+def back_up(etcd: EtcdCluster, folder: Path) -> None:
+    """A cold backup of the cluster: every member stopped, its data dir copied, restarted."""
+    for index in range(len(etcd.members)):
+        etcd.kill(index)
+    for member in etcd.members:
+        shutil.copytree(member.data_dir, folder / member.name)
+    for index in range(len(etcd.members)):
+        etcd.restart(index)
+    etcd.wait_leader(20.0)
+
+
+def restore(etcd: EtcdCluster, folder: Path) -> None:
+    """Put the cluster back as :func:`back_up` saved it (revisions go back with it)."""
+    for index in range(len(etcd.members)):
+        etcd.kill(index)
+    for member in etcd.members:
+        shutil.rmtree(member.data_dir)
+        shutil.copytree(folder / member.name, member.data_dir)
+    for index in range(len(etcd.members)):
+        etcd.restart(index)
+    etcd.wait_leader(20.0)
+
+
+async def test_etcd_restored_from_an_older_backup_is_refused(
+    etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    """etcd is restored from a backup taken a few heights ago while two hosts run: its
+    watermark (and revision) went back below steps already signed. The host that lost the
+    last step, asked again for its block there, refuses (it used to sign it: a double
+    sign), and so does every host after, until an operator raises the watermark and
+    restarts the KMSes."""
+    with trio.fail_after(LIMIT):
+        async with fleet(tmp_path) as f:
+            a = await f.add("kms-a", etcd.endpoints)
+            b = await f.add("kms-b", etcd.endpoints[::-1])
+            await f.start(a)
+            await f.start(b)
+            await f.steps(6)
+            await in_thread(back_up, etcd, tmp_path / "backup")
+            await f.wait_signed(timeout=10)
+            last = (await f.steps(9))[-1]
+            (winner,) = last.signed
+            loser = b if winner == "kms-a" else a
+            newest = await in_thread(etcd.get_value, f.key)
+            await in_thread(restore, etcd, tmp_path / "backup")
+            restored = parse_watermark(await in_thread(etcd.get_value, f.key))
+            assert restored.state.hrs < last.hrs  # it went back
+            again = await f.ask_at(loser, last.hrs, f.block_of(loser, last.hrs[0]))
+            assert again.refused == {loser.name: "malformed"}, again
+            for result in await f.steps(3):
+                assert not result.signed and len(result.refused) == 2, result
+            assert loser.kms is not None
+            await loser.kms.wait_for(
+                rf"ERROR .*\[{f.chain_id}\] shared watermark malformed: .*went back in time"
+            )
+            # the operator's way back: the newest watermark in, the KMSes restarted
+            await in_thread(etcd.put_value, f.key, newest)
+            for host in (a, b):
+                await f.kill(host)
+                await f.start(host)
+            await f.wait_signed(timeout=10)
+            await f.steps(20)
+    assert_safe(f, "etcd restored from an older backup")

@@ -1,4 +1,4 @@
-"""A watermark that vanishes from etcd while the KMS runs is refused, never re-created.
+"""A watermark that vanishes from etcd, or goes back in time, is refused, never written.
 
 Found by the end-to-end suite (tests/test_ha_e2e.py): host A wins a step over block X and
 signs it, host B is refused; then the chain's key disappears from etcd (an operator's
@@ -8,7 +8,11 @@ new chain, created the key and signed Y: a double sign, without an ERROR line. O
 contact may create a missing key (from the local state, as the spec says); after it, a
 missing key means the watermark was lost, and nothing in etcd tells what another host
 signed, so the check-and-set refuses (cause malformed, "the key is gone") until an operator
-restores it.
+restores it. The same hole opened when etcd was restored from an older backup (its
+revisions go back with it): B found an older watermark, below the step A signed, and signed
+its own block there. etcd's revisions only grow, so each store now keeps the highest
+revision of its key it has seen, and a key found below it (missing is revision 0) is
+refused the same way ("went back in time").
 
 Here the check-and-set machine is driven by hand, then two stores are run against the real
 etcd cluster of tests/conftest.py (the end-to-end check is in tests/test_ha_e2e.py).
@@ -24,7 +28,7 @@ import pytest
 import trio
 
 from kms.chain.state import BlockRef, SignState
-from kms.ha.cas import GONE, CasMachine, CasOp, ReadOp, Verdict
+from kms.ha.cas import GONE, CasMachine, CasOp, ReadOp, Verdict, went_back
 from kms.ha.client import EtcdClient
 from kms.ha.errors import HaRefused
 from kms.ha.store import SharedWatermarkStore
@@ -62,7 +66,7 @@ def test_once_seen_a_missing_key_is_refused_not_created() -> None:
         SignState(5, 0, 1, Y),
         "kms-b",
         known=stored_by_other(SignState(5, 0, 1, X), 40),
-        must_exist=True,
+        floor=40,
     )
     assert isinstance(machine.op, ReadOp)
     machine.answered(NOTHING)
@@ -79,18 +83,49 @@ def test_a_key_deleted_under_a_compare_is_refused() -> None:
         SignState(6, 0, 0, X),
         "kms-b",
         known=stored_by_other(SignState(5, 0, 2, X), 41),
-        must_exist=True,
+        floor=41,
     )
     assert isinstance(machine.op, CasOp) and machine.op.revision == 41
     machine.answered(TxnResult(False, 50, (NOTHING,)))
     assert machine.decision is not None and machine.decision.verdict is Verdict.MALFORMED
 
 
-def test_a_present_key_still_goes_through_the_rule() -> None:
-    value = format_watermark(SignState(5, 0, 1, X), "kms-a", "cd" * 12)
-    machine = CasMachine(KEY, SignState(5, 0, 2, X), "kms-b", must_exist=True)
-    machine.answered(RangeResult(10, (KeyValue(KEY, value, 1, 42, 1),)))
+def older(state: SignState, revision: int) -> RangeResult:
+    """A range showing ``state`` (written by kms-a) at ``revision``."""
+    value = format_watermark(state, "kms-a", "cd" * 12)
+    return RangeResult(revision, (KeyValue(KEY, value, 1, revision, 1),))
+
+
+def test_a_key_found_older_than_seen_before_is_refused() -> None:
+    """etcd restored from an older backup: the key is there, at a revision below one this
+    store saw, with a watermark below the step another host signed. Not a write."""
+    machine = CasMachine(
+        KEY,
+        SignState(9, 0, 1, Y),
+        "kms-b",
+        known=stored_by_other(SignState(9, 0, 1, X), 70),
+        floor=70,
+    )
+    machine.answered(older(SignState(7, 0, 2, X), 55))
+    assert machine.decision is not None and machine.decision.verdict is Verdict.MALFORMED
+    assert machine.decision.stored.problem == went_back(55, 70)
+    assert "restored from an older backup" in went_back(55, 70)
+
+
+def test_a_present_key_at_or_above_the_floor_still_goes_through_the_rule() -> None:
+    machine = CasMachine(KEY, SignState(5, 0, 2, X), "kms-b", floor=42)
+    machine.answered(older(SignState(5, 0, 1, X), 42))
     assert isinstance(machine.op, CasOp) and machine.op.revision == 42
+    machine.answered(TxnResult(True, 43, (43,)))
+    assert machine.decision is not None and machine.decision.verdict is Verdict.WON
+    assert machine.highest == 43  # the store's next floor
+
+
+def test_the_highest_revision_met_is_the_next_floor() -> None:
+    machine = CasMachine(KEY, SignState(5, 0, 2, Y), "kms-b", floor=10)
+    machine.answered(older(SignState(5, 0, 1, X), 42))  # the rule refuses Y: lost
+    assert machine.decision is not None and machine.decision.verdict is Verdict.LOST
+    assert machine.highest == 42
 
 
 # ---------------------------------------------------------------- two stores on real etcd

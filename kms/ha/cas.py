@@ -16,10 +16,12 @@ group commit of :mod:`kms.ha.batch`) and feeds the answers back. Each step:
   trip (its failure branch): if it carries our nonce, an earlier copy of this same txn was
   applied (won); otherwise another writer moved the watermark (a lost compare): back to
   the rule with the new value.
-* A missing key is created (compare ``CREATE(key) == 0``) only when ``must_exist`` is
-  false, that is at first contact. Once a store has seen its watermark, the key can only
-  be missing because it was deleted or etcd lost it, and then nothing in etcd tells what
-  another host may have signed: the machine decides MALFORMED, never "create".
+* ``floor`` is the highest ``mod_revision`` of the key its store has seen (0 before first
+  contact: only then may a missing key be created, compare ``CREATE(key) == 0``). etcd's
+  revisions only grow, so a key read below the floor lost its history: missing (deleted,
+  or etcd lost it), or older (etcd restored from an older backup). Nothing in etcd then
+  tells what another host signed since: the machine decides MALFORMED, never writes.
+  ``highest`` is the highest revision it met, the store's next floor.
 * A txn with no answer that may have reached etcd leaves the machine *ambiguous*: the next
   op is the identical txn again, whose answer is definitive for both copies, because the
   compare can hold for at most one of them, and not at all once anyone moved the key.
@@ -56,6 +58,7 @@ __all__ = [
     "ReconcileAction",
     "Verdict",
     "plan_reconcile",
+    "went_back",
 ]
 
 
@@ -100,12 +103,21 @@ class CasOp:
 
 Op = ReadOp | CasOp
 
-#: Why a key that must exist (see :class:`CasMachine`) is refused when it is missing.
+#: Why a key found missing after first contact (see :class:`CasMachine`) is refused.
 GONE = (
     "the key is gone (the watermark was there; it was deleted, or etcd lost it): nothing "
     "tells what another host signed; restore it with `tmkms state set` at or above every "
     "host's state"
 )
+
+
+def went_back(revision: int, floor: int) -> str:
+    """Why a key found at ``revision``, below the ``floor`` seen before, is refused."""
+    return (
+        f"the watermark went back in time (revision {revision}, after {floor} was seen): "
+        "etcd restored from an older backup? nothing tells what another host signed since; "
+        "raise it with `tmkms state set` at or above every host's state, then restart this KMS"
+    )
 
 
 class Verdict(enum.Enum):
@@ -135,13 +147,14 @@ class CasMachine:
         known: Stored | None = None,
         max_height: int | None = None,
         nonce: Callable[[], str] = new_nonce,
-        must_exist: bool = False,
+        floor: int = 0,
     ) -> None:
         self.key = key
         self.new = new
         self._host = host
         self._max_height = max_height
-        self._must_exist = must_exist  # a missing key is a vanished watermark, not a new one
+        self._floor = floor  # below it, the key lost its history (see the module docstring)
+        self.highest = floor  # the highest mod_revision of the key met so far
         self._nonce = nonce
         self.op: Op | None = ReadOp(key)  # what to send next; None once decided
         self.decision: Decision | None = None
@@ -175,6 +188,7 @@ class CasMachine:
             if not revision:
                 raise ValueError("a successful check-and-set reply carries no revision")
             mine = Watermark(self.new, self._host, op.nonce)
+            self.highest = max(self.highest, revision)
             self._decide(Verdict.WON, Stored(revision, mine, fresh=False))
             return
         if not isinstance(answer, RangeResult):
@@ -182,14 +196,18 @@ class CasMachine:
         stored = Stored.from_range(answer, self.key)
         if stored.watermark is not None and stored.watermark.nonce == op.nonce:
             self.won_by_nonce = True  # an earlier copy of this txn was applied
+            self.highest = max(self.highest, stored.mod_revision)
             self._decide(Verdict.WON, stored.remembered())
             return
         self.lost_compares += 1
         self._plan(stored)
 
     def _plan(self, stored: Stored) -> None:
-        if stored.missing and self._must_exist:
-            stored = attrs.evolve(stored, problem=GONE)
+        if stored.fresh and stored.mod_revision < self._floor:
+            lost = GONE if stored.missing else went_back(stored.mod_revision, self._floor)
+            stored = attrs.evolve(stored, problem=lost)
+        elif stored.fresh:
+            self.highest = max(self.highest, stored.mod_revision)
         refusal = None
         if stored.watermark is not None:
             refusal = check(stored.watermark.state, self.new, self._max_height)

@@ -15,8 +15,9 @@ signature) after one ERROR line naming the chain and the cause, and one observer
 * refused: ``cas_refused(chain, cause)``, cause one of unreachable, unavailable (no
   leader), ambiguous (a txn may have been applied and no definitive answer came in time),
   rule (the watermark forbids it, and this process wrote it: an abandoned txn applied
-  late), malformed (the key holds no watermark, or it vanished after first contact: a
-  missing key is created at first contact only), auth, tls, protocol.
+  late), malformed (the key holds no watermark; or, after first contact, it is missing or
+  older than a revision seen before: deleted, or etcd restored from a backup; a missing
+  key is created at first contact only), auth, tls, protocol.
 
 Unreachable, unavailable and protocol errors are retried (briefly backing off, the client
 moving on to the next member) until the timeout; auth and TLS errors end the attempt at
@@ -102,6 +103,7 @@ class SharedWatermarkStore:
         self._known: Stored | None = None  # the stored value as last seen (a guess)
         self._mine: collections.deque[str] = collections.deque(maxlen=16)  # our nonces
         self._machine: CasMachine | None = None
+        self._floor = 0  # the highest mod_revision of the key seen (etcd's only grow)
         self._last_error: EtcdError | None = None
         self.last_reconcile: Reconciled | None = None
         self.counters: collections.Counter[str] = collections.Counter()
@@ -168,7 +170,7 @@ class SharedWatermarkStore:
             self._host,
             known=self._known,
             max_height=self._max_height,
-            must_exist=True,  # reconciled: the key was there, so missing means it vanished
+            floor=self._floor,  # reconciled: the key exists, at this revision or later
         )
         return await self._drive(machine)
 
@@ -178,6 +180,7 @@ class SharedWatermarkStore:
         try:
             return await self._drive_ops(machine)
         finally:
+            self._floor = max(self._floor, machine.highest)
             self.counters["lost_compares"] += machine.lost_compares
             self.counters["resends"] += machine.resends
             self.counters["won_by_nonce"] += machine.won_by_nonce
@@ -209,6 +212,7 @@ class SharedWatermarkStore:
         local = self._local_state if self._local_state is not None else await self.load()
         self._machine = None
         stored = await self._read()
+        self._floor = max(self._floor, stored.mod_revision)
         while True:
             action = plan_reconcile(local, stored)
             if action is ReconcileAction.MALFORMED:
