@@ -17,8 +17,8 @@ import trio
 from kms.ha.client import EtcdClient, Secret, encode
 from kms.ha.errors import EtcdCause, EtcdError
 from kms.ha.wire import RangeResult, TxnResult, b64
-from kms.testing.chaos import chaos_proxy
 from kms.transport.address import Address
+from tests.support.chaos import chaos_proxy
 from tests.support.etcd import EtcdCluster, free_ports
 
 LIMIT = 20.0  # seconds: hard bound of every test's I/O

@@ -53,7 +53,6 @@ from nacl.signing import SigningKey
 
 from kms.ha.watermark import parse_watermark
 from kms.protocol.messages import BlockId, SignedMsgType
-from kms.testing.chaos import ChaosPolicy, ChaosProxy
 from kms.testing.consensus import make_proposal, make_vote
 from kms.testing.node import SignerClient, SimulatedNode
 from kms.transport.address import Address
@@ -65,6 +64,7 @@ from tests.fault.kit import (
     block,
     log_book,
 )
+from tests.support.chaos import ChaosPolicy, ChaosProxy
 from tests.support.etcd import EtcdCluster, b64, running_cluster
 from tests.support.kmsproc import (
     TMKMS,

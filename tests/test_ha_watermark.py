@@ -26,8 +26,8 @@ from kms.ha.client import EtcdClient
 from kms.ha.errors import HaRefused
 from kms.ha.store import SharedWatermarkStore
 from kms.ha.watermark import format_watermark, parse_watermark
-from kms.testing.chaos import ChaosPolicy, ChaosProxy
 from kms.transport.address import Address
+from tests.support.chaos import ChaosPolicy, ChaosProxy
 from tests.support.etcd import EtcdCluster, LocalFile
 
 LIMIT = 60.0

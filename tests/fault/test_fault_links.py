@@ -26,7 +26,6 @@ import trio
 from kms.backoff import Backoff
 from kms.config import load_config
 from kms.service import Service
-from kms.testing.chaos import CALM, ChaosPolicy, ChaosProxy, chaos_proxy
 from kms.testing.node import SignerClient, SimulatedNode
 from kms.transport.address import Address
 from kms.transport.stream import secret_handshake
@@ -40,6 +39,7 @@ from tests.fault.kit import (
     open_fds,
     start_kms,
 )
+from tests.support.chaos import CALM, ChaosPolicy, ChaosProxy, chaos_proxy
 
 STUCK = 15.0  # no connection from the KMS for this long means it stopped dialling
 NODE_TIMEOUT = 0.5

@@ -1,4 +1,4 @@
-"""A chaos proxy: a flaky link between a validator node and the KMS, for tests and benchmarks.
+"""A chaos proxy: a flaky link between two peers (a node and the KMS, the KMS and etcd), for tests.
 
 Theory of operation
 -------------------
