@@ -40,7 +40,7 @@ from benchmarks.harness import (
     state_save_samples,
     summary_ms,
 )
-from kms.testing.node import SignerClient
+from kms.sim.node import SignerClient
 
 CONNECT_TIMEOUT = 30.0
 # Paced phase: each chain asks 30 times a second (a 100 ms block: proposal, prevote,

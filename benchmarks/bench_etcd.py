@@ -1,7 +1,7 @@
 """The shared watermark's etcd cost: our client against a minimal raw-socket floor.
 
 Run from the repository root: ``python -m benchmarks.bench_etcd [--quick] [--json PATH]``.
-It starts a real 3-member etcd cluster on loopback (:mod:`kms.testing.etcd`, with the test
+It starts a real 3-member etcd cluster on loopback (:mod:`kms.sim.etcd`, with the test
 helpers' settings: real WAL fsync, 50 ms heartbeat) and measures, in the same run:
 
 - floor: a bare check-and-set txn (compare ``MOD == rev``, put) over one kept-alive
@@ -46,7 +46,7 @@ from kms.ha.client import EtcdClient, encode
 from kms.ha.shared import SharedWatermarks
 from kms.ha.store import SharedWatermarkStore
 from kms.ha.wire import b64
-from kms.testing.etcd import LocalEtcd, find_etcd
+from kms.sim.etcd import LocalEtcd, find_etcd
 
 BLOCK = BlockRef(b"\xab" * 32, 1, b"\xcd" * 32)
 _REVISION = re.compile(rb'"revision":"(\d+)"')

@@ -39,7 +39,7 @@ from pkcs11.types import SignMixin
 
 from benchmarks.harness import Signing, percentile
 from kms.config.model import Pkcs11Config, Pkcs11KeyConfig
-from kms.testing.node import SimulatedNode
+from kms.sim.node import SimulatedNode
 from kms.transport.address import Address
 from providers.pkcs11 import PKCS11_LOCK, open_pkcs11
 from providers.pkcs11.objects import ED25519_PARAMS

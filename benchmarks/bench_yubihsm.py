@@ -36,7 +36,7 @@ from yubihsm.backends.http import HttpBackend
 from yubihsm.defs import CAPABILITY
 from yubihsm.objects import AsymmetricKey
 
-from kms.testing.yubihsm import ConnectorServer, SimulatorBackend, YubiHsmDevice
+from kms.sim.yubihsm import ConnectorServer, SimulatorBackend, YubiHsmDevice
 from providers.yubihsm import ED25519, HsmConnection, HsmDevice, YubiHsmSigner
 
 MESSAGE = bytes(range(120))  # about the size of canonical vote sign bytes

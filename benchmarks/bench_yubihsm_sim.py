@@ -22,7 +22,7 @@ from yubihsm import YubiHsm
 from yubihsm.defs import CAPABILITY
 from yubihsm.objects import AsymmetricKey
 
-from kms.testing.yubihsm import (
+from kms.sim.yubihsm import (
     ConnectorServer,
     SimulatorBackend,
     YubiHsmDevice,

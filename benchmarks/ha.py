@@ -1,8 +1,8 @@
 """The end-to-end benchmarks with ``[etcd]`` (high availability), for ``python -m benchmarks``.
 
-Run only where an ``etcd`` binary is installed (``kms.testing.etcd.find_etcd``). In one run:
+Run only where an ``etcd`` binary is installed (``kms.sim.etcd.find_etcd``). In one run:
 
-- a 3-member etcd cluster on loopback (:mod:`kms.testing.etcd`: real WAL fsync);
+- a 3-member etcd cluster on loopback (:mod:`kms.sim.etcd`: real WAL fsync);
 - etcd floor: the median of a bare check-and-set txn (compare ``MOD == rev``, put) by a
   minimal blocking-socket client to the leader (:func:`benchmarks.bench_etcd.raw_floor`),
   measured just before and just after the KMS runs;
@@ -52,8 +52,8 @@ from benchmarks.harness import (
     process_cpu_s,
     summary_ms,
 )
-from kms.testing.etcd import LocalEtcd, find_etcd, free_ports
-from kms.testing.node import SignerClient
+from kms.sim.etcd import LocalEtcd, find_etcd, free_ports
+from kms.sim.node import SignerClient
 
 PREFIX = "/tmkms-bench/"
 CONNECT_TIMEOUT = 30.0

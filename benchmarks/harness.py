@@ -30,8 +30,8 @@ from kms.protocol.messages import (
     SignProposalRequest,
     SignVoteRequest,
 )
-from kms.testing.consensus import make_proposal, make_vote, random_block_id
-from kms.testing.node import SignerClient, SimulatedNode
+from kms.sim.consensus import make_proposal, make_vote, random_block_id
+from kms.sim.node import SignerClient, SimulatedNode
 from kms.transport.address import Address
 
 
@@ -166,7 +166,7 @@ class Signing:
 
         What is timed is the KMS's answer as the node's socket sees it: from the sealed
         request being handed to the socket to the reply's last bytes coming out of it
-        (:class:`kms.testing.node.WireClock`). This Python node's own work (building,
+        (:class:`kms.sim.node.WireClock`). This Python node's own work (building,
         framing, encrypting and decrypting messages; a Go node spends microseconds on it)
         stays outside the window, as it does for the floor's round trip.
 

@@ -276,11 +276,11 @@ def test_start_hands_the_config_to_the_service(
 
 
 def test_demo(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    fake = types.ModuleType("kms.testing.demo")
+    fake = types.ModuleType("kms.sim.demo")
     fake.main = lambda: 0  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "kms.testing.demo", fake)
+    monkeypatch.setitem(sys.modules, "kms.sim.demo", fake)
     assert main(["demo"]) == 0
-    monkeypatch.setitem(sys.modules, "kms.testing.demo", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "kms.sim.demo", None)  # as if not installed
     assert main(["demo"]) == 1
     assert capsys.readouterr().err.startswith("error: the demo is not available")
 

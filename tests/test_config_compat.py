@@ -21,7 +21,7 @@ from kms.errors import ConfigError
 from kms.protocol.messages import SignedMsgType
 from kms.protocol.signbytes import vote_sign_bytes
 from kms.protocol.version import ProtocolVersion
-from kms.testing.consensus import make_vote, random_block_id
+from kms.sim.consensus import make_vote, random_block_id
 from tests.support.kmsproc import (
     chain_toml,
     free_tcp_port,

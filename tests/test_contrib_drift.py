@@ -22,8 +22,8 @@ import trio
 from nacl.signing import SigningKey
 
 from kms.protocol.messages import SignedMsgType
-from kms.testing.consensus import make_proposal, make_vote, random_block_id
-from kms.testing.node import SignerClient, simulated_node
+from kms.sim.consensus import make_proposal, make_vote, random_block_id
+from kms.sim.node import SignerClient, simulated_node
 from kms.transport.address import Address
 from tests.support.grafana import dashboard_queries, substitute
 from tests.support.kmsproc import chain_toml, free_tcp_port, tmkms_start, validator_toml, write_key

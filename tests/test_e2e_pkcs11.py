@@ -25,7 +25,7 @@ import pytest
 import trio
 from nacl.signing import SigningKey, VerifyKey
 
-from kms.testing.node import simulated_node
+from kms.sim.node import simulated_node
 from kms.transport.address import Address
 from tests.support.chainload import Load, hsm_chain_load, soft_chain_load
 from tests.support.kmsproc import (

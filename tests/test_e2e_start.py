@@ -13,8 +13,8 @@ from nacl.signing import SigningKey, VerifyKey
 
 from kms.protocol.messages import SignedMsgType, Vote
 from kms.protocol.version import ProtocolVersion
-from kms.testing.consensus import NIL, make_proposal, make_vote, random_block_id
-from kms.testing.node import SignerClient, simulated_node
+from kms.sim.consensus import NIL, make_proposal, make_vote, random_block_id
+from kms.sim.node import SignerClient, simulated_node
 from kms.transport.address import Address
 from tests.support import oracle
 from tests.support.kmsproc import (

@@ -20,8 +20,8 @@ import trio
 from nacl.signing import SigningKey, VerifyKey
 
 from kms.keys import bech32_decode
-from kms.testing.node import simulated_node
-from kms.testing.process import terminate
+from kms.sim.node import simulated_node
+from kms.sim.process import terminate
 from kms.transport.address import Address
 from tests.support import REPO
 from tests.support.chainload import Load, hsm_chain_load, soft_chain_load

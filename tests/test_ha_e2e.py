@@ -53,8 +53,8 @@ from nacl.signing import SigningKey
 
 from kms.ha.watermark import parse_watermark
 from kms.protocol.messages import BlockId, SignedMsgType
-from kms.testing.consensus import make_proposal, make_vote
-from kms.testing.node import SignerClient, SimulatedNode
+from kms.sim.consensus import make_proposal, make_vote
+from kms.sim.node import SignerClient, SimulatedNode
 from kms.transport.address import Address
 from tests.fault.kit import (
     LINK_ERRORS,

@@ -11,8 +11,8 @@ import trio
 from nacl.signing import SigningKey
 
 from kms.protocol.messages import SignedMsgType, SignVoteRequest
-from kms.testing.consensus import make_proposal, make_vote, random_block_id
-from kms.testing.node import simulated_node
+from kms.sim.consensus import make_proposal, make_vote, random_block_id
+from kms.sim.node import simulated_node
 from kms.transport.address import Address
 from tests.support.kmsproc import (
     chain_toml,

@@ -16,8 +16,8 @@ from nacl.signing import SigningKey
 from kms.chain.state import SignState
 from kms.chain.stateformat import parse_state
 from kms.protocol.messages import SignedMsgType
-from kms.testing.consensus import make_vote, random_block_id
-from kms.testing.node import simulated_node
+from kms.sim.consensus import make_vote, random_block_id
+from kms.sim.node import simulated_node
 from kms.transport.address import Address
 from tests.support.kmsproc import run_tmkms, tmkms_start, write_key
 from tests.support.metrics import http_get, metrics_base

@@ -42,7 +42,7 @@ from kms.ops.stats import Histogram
 from kms.protocol.messages import SignedMsgType, SignVoteRequest
 from kms.protocol.version import ProtocolVersion
 from kms.sdnotify import ReadyNotifier, notify, notify_socket_address, watchdog_interval
-from kms.testing.consensus import make_vote, random_block_id
+from kms.sim.consensus import make_vote, random_block_id
 from providers import ProviderHealth
 from providers.softsign import Ed25519SoftSigner
 

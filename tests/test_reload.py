@@ -15,8 +15,8 @@ from kms.errors import ConfigError
 from kms.protocol.messages import SignedMsgType
 from kms.reload import merge_config, plan_reload
 from kms.service import Service
-from kms.testing.consensus import make_vote, random_block_id
-from kms.testing.node import SignerClient, simulated_node
+from kms.sim.consensus import make_vote, random_block_id
+from kms.sim.node import SignerClient, simulated_node
 from kms.transport.address import Address
 from tests.support.kmsproc import unix_config, unix_home
 

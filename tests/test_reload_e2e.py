@@ -16,8 +16,8 @@ from pathlib import Path
 import trio
 
 from kms.protocol.messages import SignedMsgType
-from kms.testing.consensus import make_vote, random_block_id
-from kms.testing.node import SignerClient, simulated_node
+from kms.sim.consensus import make_vote, random_block_id
+from kms.sim.node import SignerClient, simulated_node
 from kms.transport.address import Address
 from tests.support.kmsproc import KmsProcess, tmkms_start, unix_config, unix_home
 from tests.support.metrics import metrics_base, scrape, value

@@ -24,8 +24,8 @@ from kms.protocol.messages import (
 )
 from kms.protocol.version import ProtocolVersion
 from kms.session import Session
-from kms.testing.consensus import NIL, ConsensusDriver, make_vote, random_block_id
-from kms.testing.node import SignerClient, simulated_node
+from kms.sim.consensus import NIL, ConsensusDriver, make_vote, random_block_id
+from kms.sim.node import SignerClient, simulated_node
 from kms.transport.address import Address
 from providers.softsign import Ed25519SoftSigner
 

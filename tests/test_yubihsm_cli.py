@@ -26,7 +26,7 @@ from yubihsm.exceptions import YubiHsmAuthenticationError
 from yubihsm.objects import AsymmetricKey, AuthenticationKey, Opaque, WrapKey
 
 from kms.cli import main
-from kms.testing.yubihsm import YubiHsmDevice, fake_usb_devices
+from kms.sim.yubihsm import YubiHsmDevice, fake_usb_devices
 from providers.yubihsm.signers import read_public_key
 from tests.support import REPO
 from tests.support.kmsproc import TMKMS, run_tmkms, tmkms_env

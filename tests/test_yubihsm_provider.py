@@ -46,7 +46,7 @@ from kms.keyring import build_registry
 from kms.keys import format_public_key
 from kms.ops import KmsMetrics
 from kms.service import Service
-from kms.testing.yubihsm import (
+from kms.sim.yubihsm import (
     ConnectorServer,
     ManualClock,
     SimulatorBackend,

@@ -18,7 +18,7 @@ from yubihsm.defs import ALGORITHM, CAPABILITY, ERROR, OBJECT, ORIGIN
 from yubihsm.exceptions import YubiHsmAuthenticationError, YubiHsmDeviceError
 from yubihsm.objects import AsymmetricKey, AuthenticationKey, WrapKey
 
-from kms.testing.yubihsm import (
+from kms.sim.yubihsm import (
     ConnectorServer,
     ManualClock,
     SimulatorBackend,

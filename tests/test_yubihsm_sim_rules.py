@@ -21,7 +21,7 @@ from yubihsm.defs import ALGORITHM, AUDIT, CAPABILITY, COMMAND, ERROR, OBJECT, O
 from yubihsm.exceptions import YubiHsmDeviceError
 from yubihsm.objects import AsymmetricKey, AuthenticationKey, Opaque, WrapKey
 
-from kms.testing.yubihsm import SimulatorBackend, YubiHsmDevice
+from kms.sim.yubihsm import SimulatorBackend, YubiHsmDevice
 
 SIGN = CAPABILITY.SIGN_EDDSA
 ED = ALGORITHM.EC_ED25519

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kms.testing.yubihsm import ManualClock, YubiHsmDevice, scp
+from kms.sim.yubihsm import ManualClock, YubiHsmDevice, scp
 from tests.support.vectors import vector_checked
 
 SPEC = "yubihsm.md"

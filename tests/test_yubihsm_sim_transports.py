@@ -24,15 +24,15 @@ from yubihsm.defs import ALGORITHM, CAPABILITY, ERROR
 from yubihsm.exceptions import YubiHsmConnectionError, YubiHsmDeviceError
 from yubihsm.objects import AsymmetricKey
 
-from kms.testing.yubihsm import (
+from kms.sim.yubihsm import (
     ConnectorServer,
     FakeUsbDevice,
     SimulatorBackend,
     YubiHsmDevice,
     fake_usb_devices,
 )
-from kms.testing.yubihsm.backend import BackendClosedError
-from kms.testing.yubihsm.cli import parse_laddr
+from kms.sim.yubihsm.backend import BackendClosedError
+from kms.sim.yubihsm.cli import parse_laddr
 from tests.support import REPO
 
 T = TypeVar("T")
@@ -196,10 +196,10 @@ def test_a_bad_laddr_names_the_option() -> None:
 
 
 class SimulatorProcess:
-    """``python -m kms.testing.yubihsm`` as a child process."""
+    """``python -m kms.sim.yubihsm`` as a child process."""
 
     def __init__(self, *args: str) -> None:
-        self.args = [sys.executable, "-m", "kms.testing.yubihsm", *args]
+        self.args = [sys.executable, "-m", "kms.sim.yubihsm", *args]
         self.process: trio.Process | None = None
         self.url = ""
 
@@ -277,7 +277,7 @@ async def test_process_keeps_keys_across_a_kill(tmp_path: Path) -> None:
 
 async def test_process_reports_bad_arguments() -> None:
     process = await trio.run_process(
-        [sys.executable, "-m", "kms.testing.yubihsm", "--laddr", "nonsense"],
+        [sys.executable, "-m", "kms.sim.yubihsm", "--laddr", "nonsense"],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_stderr=True,

@@ -1,7 +1,7 @@
 """`tmkms demo [--ha]`: a self-contained run against simulated nodes.
 
-``tmkms demo``: one KMS and one node (:mod:`kms.testing.demo`). ``tmkms demo --ha``: a
-3-member etcd cluster, two KMS hosts sharing a key and two nodes (:mod:`kms.testing.demo_ha`);
+``tmkms demo``: one KMS and one node (:mod:`kms.sim.demo`). ``tmkms demo --ha``: a
+3-member etcd cluster, two KMS hosts sharing a key and two nodes (:mod:`kms.sim.demo_ha`);
 without an ``etcd`` binary it is one ``error:`` line and exit code 1.
 """
 
@@ -32,8 +32,8 @@ def add_commands(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Hand over to :func:`kms.testing.demo.main` (or ``demo_ha.main`` with ``--ha``)."""
-    module = "kms.testing.demo_ha" if args.ha else "kms.testing.demo"
+    """Hand over to :func:`kms.sim.demo.main` (or ``demo_ha.main`` with ``--ha``)."""
+    module = "kms.sim.demo_ha" if args.ha else "kms.sim.demo"
     try:
         demo = importlib.import_module(module)
     except ImportError as exc:

@@ -40,8 +40,8 @@ from kms.protocol.messages import (
     SignedProposalResponse,
     SignedVoteResponse,
 )
-from kms.testing.consensus import make_proposal, make_vote
-from kms.testing.node import SignerClient, SimulatedNode
+from kms.sim.consensus import make_proposal, make_vote
+from kms.sim.node import SignerClient, SimulatedNode
 from tests.support import oracle
 from tests.support.kmsproc import (
     TMKMS,

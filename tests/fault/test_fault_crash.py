@@ -16,7 +16,7 @@ import trio
 
 from kms.chain.state import SignState
 from kms.chain.store import StateFile
-from kms.testing.node import SignerClient, SimulatedNode, simulated_node
+from kms.sim.node import SignerClient, SimulatedNode, simulated_node
 from kms.transport.address import Address
 from tests.fault.kit import (
     CRASH_CODE,

@@ -25,7 +25,7 @@ import trio
 from kms.chain.state import BlockRef, SignState
 from kms.chain.stateformat import format_state
 from kms.chain.store import StateFile
-from kms.testing.node import SignerClient, simulated_node
+from kms.sim.node import SignerClient, simulated_node
 from kms.transport.address import Address
 from tests.fault.kit import KmsHome, Ledger, accept, ask, block, fault_counted, log_book, start_kms
 from tests.support.kmsproc import KmsProcess, run_tmkms

@@ -30,7 +30,7 @@ from kms.protocol.messages import (
     Vote,
 )
 from kms.protocol.wire import uvarint
-from kms.testing.node import SignerClient, SimulatedNode
+from kms.sim.node import SignerClient, SimulatedNode
 from kms.transport.address import Address
 from kms.transport.handshake import encode_ephemeral_message
 from kms.transport.secret_connection import peer_id_from_pubkey

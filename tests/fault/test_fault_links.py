@@ -26,7 +26,7 @@ import trio
 from kms.backoff import Backoff
 from kms.config import load_config
 from kms.service import Service
-from kms.testing.node import SignerClient, SimulatedNode
+from kms.sim.node import SignerClient, SimulatedNode
 from kms.transport.address import Address
 from kms.transport.stream import secret_handshake
 from tests.fault.kit import (

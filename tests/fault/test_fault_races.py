@@ -21,7 +21,7 @@ from kms.chain.state import SignState
 from kms.config import load_config
 from kms.protocol.messages import BlockId
 from kms.service import Service
-from kms.testing.node import SignerClient, SimulatedNode
+from kms.sim.node import SignerClient, SimulatedNode
 from kms.transport.address import Address
 from tests.fault.kit import (
     NIL,

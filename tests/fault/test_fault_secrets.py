@@ -26,7 +26,7 @@ from nacl.signing import SigningKey
 from kms.protocol.delimited import frame
 from kms.protocol.messages import BlockId, SignVoteRequest, Timestamp, Vote
 from kms.protocol.version import ProtocolVersion
-from kms.testing.node import SignerClient, SimulatedNode
+from kms.sim.node import SignerClient, SimulatedNode
 from kms.transport.address import Address
 from kms.transport.handshake import derive_key_material
 from kms.transport.stream import SecretStream

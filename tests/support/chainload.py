@@ -18,8 +18,8 @@ import trio
 from nacl.signing import SigningKey, VerifyKey
 
 from kms.protocol.messages import SignedMsgType, Vote
-from kms.testing.consensus import make_vote, random_block_id
-from kms.testing.node import SignerClient
+from kms.sim.consensus import make_vote, random_block_id
+from kms.sim.node import SignerClient
 from tests.support import oracle
 
 

@@ -17,7 +17,7 @@ import attrs
 import trio
 from nacl.signing import SigningKey
 
-from kms.testing.process import terminate
+from kms.sim.process import terminate
 from tests.support import REPO
 
 TMKMS = [sys.executable, "-m", "kms"]

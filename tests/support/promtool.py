@@ -38,7 +38,7 @@ import attrs
 import pytest
 import trio
 
-from kms.testing.process import terminate
+from kms.sim.process import terminate
 
 
 def _tool(name: str, what: str) -> str:

@@ -96,8 +96,8 @@ def _signing_operation(algorithm: int, key_id: int) -> Callable[[AuthSession], b
 
 
 def run_simulator(args: argparse.Namespace) -> int:
-    """Run the YubiHSM 2 simulator until SIGINT/SIGTERM (see kms.testing.yubihsm)."""
-    from kms.testing.yubihsm import main
+    """Run the YubiHSM 2 simulator until SIGINT/SIGTERM (see kms.sim.yubihsm)."""
+    from kms.sim.yubihsm import main
 
     argv = ["--laddr", args.laddr, "--sign-delay-ms", str(args.sign_delay_ms)]
     if args.state:

@@ -5,7 +5,7 @@
 - :class:`ConnectorServer`: yubihsm-connector look-alike, ``YubiHsm.connect(server.url)``.
 - :func:`fake_usb_devices`: fake pyusb bus, ``YubiHsm.connect("yhusb://")``.
 - :class:`ManualClock`: an injectable clock to expire sessions in tests.
-- ``python -m kms.testing.yubihsm`` / :func:`main`: run as a process (yubihsm-connector API).
+- ``python -m kms.sim.yubihsm`` / :func:`main`: run as a process (yubihsm-connector API).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Entry point: ``python -m kms.testing.yubihsm --laddr tcp://127.0.0.1:12345``."""
+"""Entry point: ``python -m kms.sim.yubihsm --laddr tcp://127.0.0.1:12345``."""
 
 from __future__ import annotations
 

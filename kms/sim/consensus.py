@@ -19,7 +19,7 @@ from kms.protocol.messages import (
     Vote,
 )
 from kms.protocol.signbytes import proposal_sign_bytes, vote_extension_sign_bytes, vote_sign_bytes
-from kms.testing.node import SignerClient
+from kms.sim.node import SignerClient
 
 NIL = BlockId()
 

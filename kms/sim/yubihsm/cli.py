@@ -1,4 +1,4 @@
-"""``python -m kms.testing.yubihsm``: serve a simulated YubiHSM 2 like yubihsm-connector."""
+"""``python -m kms.sim.yubihsm``: serve a simulated YubiHSM 2 like yubihsm-connector."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def parse_laddr(text: str) -> tuple[str, int]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m kms.testing.yubihsm",
+        prog="python -m kms.sim.yubihsm",
         description="Serve a simulated YubiHSM 2 over the yubihsm-connector HTTP API.",
     )
     parser.add_argument("--laddr", default=DEFAULT_LADDR, help="listen address (port 0: any)")

@@ -2,7 +2,7 @@
 
 What it shows, in about half a minute, on loopback and temporary folders only:
 
-1. a 3-member etcd cluster (the installed ``etcd``, :mod:`kms.testing.etcd`);
+1. a 3-member etcd cluster (the installed ``etcd``, :mod:`kms.sim.etcd`);
 2. two real `tmkms start` processes, ``kms-a`` and ``kms-b``, sharing one consensus key,
    each with its own home, state file, Secret Connection identity and ``[etcd] host``,
    each dialled by its own simulated node (their log lines are relayed, prefixed with the
@@ -39,9 +39,9 @@ from kms.errors import KmsError, ProtocolError
 from kms.protocol.messages import BlockId, RemoteSignerError, SignedMsgType
 from kms.protocol.signbytes import proposal_sign_bytes, vote_extension_sign_bytes, vote_sign_bytes
 from kms.protocol.version import ProtocolVersion
-from kms.testing.consensus import make_proposal, make_vote, random_block_id
-from kms.testing.etcd import LocalEtcd, find_etcd
-from kms.testing.node import SignerClient, SimulatedNode
+from kms.sim.consensus import make_proposal, make_vote, random_block_id
+from kms.sim.etcd import LocalEtcd, find_etcd
+from kms.sim.node import SignerClient, SimulatedNode
 from kms.transport.address import Address
 
 __all__ = ["NO_ETCD", "main"]

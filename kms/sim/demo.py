@@ -22,8 +22,8 @@ from nacl.signing import SigningKey, VerifyKey
 
 from kms.protocol.messages import SignedMsgType
 from kms.protocol.version import ProtocolVersion
-from kms.testing.consensus import ConsensusDriver, make_vote, random_block_id
-from kms.testing.node import simulated_node
+from kms.sim.consensus import ConsensusDriver, make_vote, random_block_id
+from kms.sim.node import simulated_node
 from kms.transport.address import Address
 
 CHAIN_ID = "demo-1"
