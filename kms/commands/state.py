@@ -44,7 +44,7 @@ from kms.chain.filepv import parse_cometbft_state
 from kms.chain.state import MAX_HEIGHT_VALUE, BlockRef, SignState
 from kms.chain.stateformat import parse_state
 from kms.chain.store import StateFile, read_state
-from kms.commands import add_group
+from kms.commands import add_config_option, add_group
 from kms.config import ChainConfig, KmsConfig, config_path_from, load_config
 from kms.config.etcd import EtcdSettings
 from kms.errors import ConfigError, KmsError, StateError
@@ -66,14 +66,14 @@ def add_commands(subparsers: Subparsers) -> None:
     """Register `state show`, `state import` and `state set`."""
     group = add_group(subparsers, "state", "show or change the double-sign state of each chain")
     show = group.add_parser("show", help="print every chain's last signed state")
-    _config_option(show)
+    add_config_option(show)
     show.add_argument("--json", action="store_true", help="print JSON instead of text")
     show.set_defaults(handler=show_states)
 
     load = group.add_parser(
         "import", help="take a chain's state from priv_validator_state.json or a tmkms state file"
     )
-    _config_option(load)
+    add_config_option(load)
     load.add_argument("chain_id", metavar="CHAIN_ID")
     load.add_argument("file", metavar="FILE", type=Path)
     load.add_argument(
@@ -90,19 +90,10 @@ def add_commands(subparsers: Subparsers) -> None:
     load.set_defaults(handler=import_state)
 
     raise_ = group.add_parser("set", help="raise a chain's state to HEIGHT/0/0 (never lowers)")
-    _config_option(raise_)
+    add_config_option(raise_)
     raise_.add_argument("chain_id", metavar="CHAIN_ID")
     raise_.add_argument("height", metavar="HEIGHT", type=_height)
     raise_.set_defaults(handler=set_height)
-
-
-def _config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        metavar="PATH",
-        help="path to tmkms.toml (default: $TMKMS_CONFIG_FILE, else ./tmkms.toml)",
-    )
 
 
 def _height(text: str) -> int:
