@@ -3,7 +3,7 @@
 Layers, bottom up (each its own module):
 
 * :mod:`kms.ha.wire` -- etcd v3's JSON gateway, sans-IO: bodies out, typed results in;
-* :mod:`kms.ha.http` -- HTTP/1.1 with h11 over trio streams (TLS too), kept-alive;
+* :mod:`kms.ha.http` -- HTTP/1.1 over trio streams (TLS too), kept-alive, its own codec;
 * :mod:`kms.ha.client` -- :class:`EtcdClient`: failover across members, auth, one error;
 * :mod:`kms.ha.watermark` -- the stored value (tmkms state + host + nonce);
 * :mod:`kms.ha.cas` -- one chain's check-and-set, sans-IO (:class:`CasMachine`);

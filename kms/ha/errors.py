@@ -1,7 +1,7 @@
 """The errors of the shared watermark: one for etcd itself, one for a refused signature.
 
 :class:`EtcdError` is what every failure of the etcd client becomes at the I/O edge, whatever
-raised it underneath (an OSError, an ssl.SSLError, an h11 protocol error, an etcd error
+raised it underneath (an OSError, an ssl.SSLError, a reply that is not HTTP, an etcd error
 reply): its ``cause`` is one :class:`EtcdCause`, its ``sent`` says whether the request may
 have reached etcd (a txn that may have been applied is *ambiguous*), and the original
 exception stays chained (``raise ... from exc``). Messages name the endpoint and the cause,
