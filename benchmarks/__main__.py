@@ -1,6 +1,6 @@
 """End-to-end benchmarks of the real `tmkms start` process against simulated nodes.
 
-Run from the repository root: ``python -m benchmarks [--quick] [--json PATH]``.
+Run from the repository root: ``python -m benchmarks [--quick] [--ha-only] [--json PATH]``.
 
 Every figure is measured in the same run as its floor, because these machines are noisy:
 - sign latency: sequential SignProposal/SignVote round trips over Secret Connection, timed
@@ -185,15 +185,20 @@ async def reconnect(rounds: int) -> dict[str, Any]:
     }
 
 
-def report(results: dict[str, Any]) -> None:
-    """Print the results as a table."""
-    fl = results["floor"]
+def report_floor(fl: dict[str, float]) -> None:
+    """Print the floor line."""
     print(
         f"floor: {fl['floor_ms']:.3f} ms = Ed25519 {fl['ed25519_sign_ms']:.3f} + durable write "
         f"{fl['durable_write_ms']:.3f} + loopback RTT {fl['loopback_rtt_ms']:.3f} "
         f"(durable write p99 {fl['durable_write_p99_ms']:.3f} ms = "
         f"{fl['durable_write_p99_ms'] / fl['floor_ms']:.2f} x floor)"
     )
+
+
+def report(results: dict[str, Any]) -> None:
+    """Print the results as a table."""
+    fl = results["floor"]
+    report_floor(fl)
     sl = results["sign_latency"]
     print(
         f"sign latency ({sl['requests']} requests): p50 {sl['p50_ms']:.3f} ms "
@@ -240,14 +245,33 @@ async def run_all(quick: bool) -> dict[str, Any]:
     return results
 
 
+async def run_ha_only(quick: bool) -> dict[str, Any]:
+    """The floor and the ``[etcd]`` benchmarks only (the KMS's CPU without etcd not measured)."""
+    results: dict[str, Any] = {"floor": await floor()}
+    results["ha"] = await run_ha(quick, None)
+    results["floor_after"] = await floor()
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run, print the table, write JSON."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds, not minutes)")
-    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/latest.json"))
+    parser.add_argument(
+        "--ha-only", action="store_true", help="only the floor and the [etcd] rows (needs etcd)"
+    )
+    parser.add_argument("--json", type=Path, help="default: benchmarks/results/latest[-ha].json")
     args = parser.parse_args(argv)
-    results = trio.run(run_all, args.quick)
-    report(results)
+    if args.json is None:
+        name = "latest-ha.json" if args.ha_only else "latest.json"
+        args.json = Path("benchmarks/results") / name
+    if args.ha_only:
+        results = trio.run(run_ha_only, args.quick)
+        report_floor(results["floor"])
+        report_ha(results["ha"], results["floor"]["floor_ms"])
+    else:
+        results = trio.run(run_all, args.quick)
+        report(results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     print(f"results written to {args.json}")
