@@ -479,3 +479,79 @@ async def test_random_schedules_end_with_every_chain_last_save(
     assert {f.path.stem: f.load() for f in files} == expected
     assert writer.inline_writes + writer.batched_writes == 12 * len(files)
     assert _leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- prepared saves
+
+
+async def test_a_prepared_save_changes_the_state_file_only_once_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = Disk(monkeypatch)
+    (store,) = _files(tmp_path, ["c"])
+    disk.events.clear()
+    writer = StateWriter()
+    main = threading.get_ident()
+    threads: list[int] = []
+    real_write_temp = store.write_temp
+
+    def write_temp(state: SignState) -> Any:
+        threads.append(threading.get_ident())
+        return real_write_temp(state)
+
+    monkeypatch.setattr(store, "write_temp", write_temp)
+    prepared = await LocalStore(store, writer).prepare(at(5))
+    assert prepared is not None and writer.prepared_writes == 1
+    assert threads and main not in threads  # written and fsync'd in a worker thread
+    assert [e[0] for e in disk.events] == ["fsync"]  # the spare's data, nothing renamed
+    assert store.load() == SignState.INITIAL  # what a crash now would leave
+    await prepared.install()
+    assert store.load() == at(5)
+    spare = disk.events[0][1]
+    assert disk.events[1:] == [
+        ("replace", spare, str(store.path)),
+        ("fsync", str(store.path.parent)),
+    ]
+    assert _leftovers(tmp_path) == []
+
+
+async def test_a_discarded_prepared_save_leaves_the_state_file(tmp_path: Path) -> None:
+    (store,) = _files(tmp_path, ["c"])
+    local = LocalStore(store, StateWriter())
+    await local.save(at(3))
+    prepared = await local.prepare(at(4))
+    assert prepared is not None
+    prepared.discard()
+    assert store.load() == at(3)
+    await local.save(at(5))  # the next save makes a new spare
+    assert store.load() == at(5)
+    assert _leftovers(tmp_path) == []
+
+
+async def test_no_prepared_save_while_other_chains_write(tmp_path: Path) -> None:
+    mine, other = _files(tmp_path, ["mine", "other"])
+    writer = StateWriter(busy_window=60.0)
+    await _save(writer, other, at(1))  # another chain wrote just now: saves share batches
+    assert await LocalStore(mine, writer).prepare(at(2)) is None
+    await _save(writer, mine, at(3))
+    prepared = await LocalStore(mine, writer).prepare(at(4))  # the last writer: it may
+    assert prepared is not None
+    prepared.discard()
+    assert writer.prepared_writes == 1
+
+
+async def test_a_failed_prepared_save_is_none_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = Disk(monkeypatch)
+    (store,) = _files(tmp_path, ["c"])
+    disk.fail[("fsync", ".c.json.")] = errno.EIO
+    assert await LocalStore(store, StateWriter()).prepare(at(2)) is None
+    assert store.load() == SignState.INITIAL
+    assert _leftovers(tmp_path) == []
+    assert not (tmp_path / "a" / ".c.json.spare.tmp").exists()  # discarded, never installed
+
+
+async def test_a_file_without_phases_is_not_prepared(tmp_path: Path) -> None:
+    shim = ShimFile(tmp_path / "c.json")
+    assert await LocalStore(shim, StateWriter()).prepare(at(1)) is None

@@ -7,7 +7,11 @@ Two levels, each a small protocol:
   durable wherever this store keeps it; it may refuse (a :class:`kms.errors.SigningRefused`,
   answered to the node as a RemoteSignerError) or fail (a :class:`kms.errors.StateError`).
   :class:`kms.chain.local.LocalStore` keeps a state file on this host; a shared watermark
-  (etcd) wraps a local store and adds its check-and-set in front of it.
+  (etcd) wraps a local store and adds its check-and-set in front of it. A store that can
+  also :class:`PreparingStore.prepare` a save does the slow part of it (write and fsync a
+  file beside the state file) while the shared watermark's check-and-set is in flight;
+  the state file itself changes only when the prepared save is installed, after the
+  check-and-set was won, so what a restart reads is never a state that was not allowed.
 * :class:`DurableFile` -- one file saved with a blocking, durable ``save`` (run inline or in a
   worker thread by :class:`kms.chain.writer.StateWriter`). A file that can also be saved in
   phases across many files at once says so by being a :class:`GroupCommitFile`; the writer
@@ -25,7 +29,14 @@ import attrs
 from kms.chain.state import SignState
 from kms.errors import StateError
 
-__all__ = ["DurableFile", "GroupCommitFile", "StateStore", "TempFile"]
+__all__ = [
+    "DurableFile",
+    "GroupCommitFile",
+    "PreparedSave",
+    "PreparingStore",
+    "StateStore",
+    "TempFile",
+]
 
 
 class StateStore(Protocol):
@@ -44,6 +55,35 @@ class StateStore(Protocol):
 
         Called under the chain's lock, shielded from cancellation: a store that waits on the
         network bounds its own wait.
+        """
+        ...
+
+
+class PreparedSave(Protocol):
+    """A state written and fsync'd beside the state file, not in its place yet."""
+
+    async def install(self) -> None:
+        """Put it in the state file's place, durably; StateError (old file intact) if not."""
+        ...
+
+    def discard(self) -> None:
+        """Drop it: the state file stays as it is."""
+        ...
+
+
+@runtime_checkable
+class PreparingStore(StateStore, Protocol):
+    """A StateStore whose save can begin before the caller knows it may save."""
+
+    def may_prepare(self) -> bool:
+        """Whether :meth:`prepare` would prepare now (a cheap check before it is started)."""
+        ...
+
+    async def prepare(self, state: SignState) -> PreparedSave | None:
+        """Write ``state`` durably beside the state file, leaving the state file as it is.
+
+        None when this store would rather :meth:`StateStore.save` as usual (say, other
+        chains are saving: their saves share one batch), or when the write failed.
         """
         ...
 

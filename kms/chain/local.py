@@ -3,7 +3,9 @@
 :class:`LocalStore` is the :class:`kms.chain.durable.StateStore` every chain has: it reads
 its :class:`kms.chain.durable.DurableFile` in a worker thread (removing what an interrupted
 save left behind first) and saves through the :class:`kms.chain.writer.StateWriter` shared
-by all chains of the process, which batches the saves of files able to group-commit.
+by all chains of the process, which batches the saves of files able to group-commit. It
+is a :class:`kms.chain.durable.PreparingStore`: the writer can write and fsync a save into
+the file's spare ahead of time, the state file changing only when it is installed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import trio
 
 from kms.chain.durable import DurableFile, GroupCommitFile
 from kms.chain.state import SignState
-from kms.chain.writer import StateWriter
+from kms.chain.writer import Prepared, StateWriter
 
 __all__ = ["LocalStore"]
 
@@ -48,6 +50,20 @@ class LocalStore:
         for name in await trio.to_thread.run_sync(self._file.remove_stale_temps):
             log.warning("[%s] removed %s, left by an interrupted state write", self._label, name)
         return await trio.to_thread.run_sync(self._file.load)
+
+    def may_prepare(self) -> bool:
+        """Whether :meth:`prepare` would prepare now: phases, and no other chain writing."""
+        return self._group is not None and self._writer.quiet(self._key)
+
+    async def prepare(self, state: SignState) -> Prepared | None:
+        """``state`` written and fsync'd in the spare, the state file untouched; or None.
+
+        None when the file cannot save in phases, when other chains are writing (then
+        :meth:`save` joins their batch), or when the write failed (:meth:`save` says why).
+        """
+        if self._group is None:
+            return None
+        return await self._writer.prepare(self._group, state, key=self._key)
 
     async def save(self, state: SignState) -> None:
         """Durably save ``state``: inline, in a thread, or in the writer's group commit."""

@@ -64,6 +64,11 @@ class TxnBatcher:
         self.flushed_ops = 0
         self.largest_flush = 0
 
+    @property
+    def busy(self) -> bool:
+        """A flush is in flight or ops are queued: other chains are talking to etcd."""
+        return self._flushing or bool(self._queue)
+
     async def run(self, pending: Pending) -> RangeResult | TxnResult:
         """Send ``pending.op`` (in some flush) and return its result, or raise its EtcdError.
 

@@ -23,6 +23,17 @@ Unreachable, unavailable and protocol errors are retried (briefly backing off, t
 moving on to the next member) until the timeout; auth and TLS errors end the attempt at
 once: another try would meet the same answer.
 
+The local save follows the won check-and-set, never runs beside it: the tracker trusts its
+state file after a restart (it signs a request equal to it without asking the store, and
+first contact leaves a conflicting local state as it is), so a state file that moved for a
+check-and-set that was then lost could be signed at a step another host signed
+(tests/test_ha_sign_order.py). Only the slow part may run beside it: a
+:class:`kms.chain.durable.PreparingStore` writes and fsyncs the new state beside the state
+file meanwhile (after first contact, and when no other chain is talking to etcd or saving:
+then the saves of chains signing together share one batch instead), and the store installs
+it in the state file's place once the check-and-set is won, or drops it. The state file
+never holds a state whose check-and-set was not won.
+
 First contact (:meth:`reconcile`, also run lazily by the first ``save``) brings the two
 states together: a missing key is created from the local state, a watermark behind it is
 raised to it (check-and-set, so a concurrent writer is never overwritten), and a watermark
@@ -40,7 +51,7 @@ from typing import TypeVar
 
 import trio
 
-from kms.chain.durable import StateStore
+from kms.chain.durable import PreparedSave, PreparingStore, StateStore
 from kms.chain.state import SignState, describe_refusal
 from kms.ha.batch import Pending, TxnBatcher
 from kms.ha.cas import CasMachine, CasOp, Decision, ReadOp, ReconcileAction, Verdict, plan_reconcile
@@ -90,6 +101,7 @@ class SharedWatermarkStore:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self._local = local
+        self._preparing = local if isinstance(local, PreparingStore) else None
         self._chain_id = chain_id
         self._client = client
         self._host = host
@@ -127,15 +139,54 @@ class SharedWatermarkStore:
         """Win the check-and-set for ``state``, then save it locally; HaRefused if not won."""
         started = time.perf_counter()
         async with self._lock:
+            prepared: list[PreparedSave] = []
+            local = self._preparing
             try:
-                decision = await self._bounded(self._check_and_set, state)
+                if (
+                    local is not None
+                    and self.last_reconcile is not None  # first contact may save to the file
+                    and not self._batcher.busy  # other chains are signing: their saves batch
+                    and local.may_prepare()
+                ):
+                    decision = await self._beside(local, state, prepared)
+                else:
+                    decision = await self._bounded(self._check_and_set, state)
             except _Stop as stop:
+                _discard(prepared)
                 raise self._refused(state, stop.cause, stop.detail) from stop.__cause__
+            except BaseException:
+                _discard(prepared)
+                raise
             if decision.verdict is not Verdict.WON:
+                _discard(prepared)
                 raise self._judged(state, decision)
             self._observer.cas_won(self._chain_id, time.perf_counter() - started)
-            await self._local.save(state)
+            if prepared:
+                await prepared[0].install()
+            else:
+                await self._local.save(state)
             self._local_state = state
+
+    async def _beside(
+        self, local: PreparingStore, state: SignState, prepared: list[PreparedSave]
+    ) -> Decision:
+        """The check-and-set, the local save's slow part beside it (into ``prepared``)."""
+
+        async def prepare() -> None:
+            early = await local.prepare(state)
+            if early is not None:
+                prepared.append(early)
+
+        failed: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(prepare)
+            try:
+                decision = await self._bounded(self._check_and_set, state)
+            except Exception as exc:  # raised once the prepared save is done, not grouped
+                failed = exc
+        if failed is not None:
+            raise failed
+        return decision
 
     async def reconcile(self) -> Reconciled:
         """First contact now (see the module docstring); HaRefused when etcd does not allow it."""
@@ -292,6 +343,11 @@ class SharedWatermarkStore:
         )  # fmt: skip
         self._observer.cas_refused(self._chain_id, cause.value)
         return HaRefused(cause, f"shared watermark {cause.value}: {detail}")
+
+
+def _discard(prepared: list[PreparedSave]) -> None:
+    for early in prepared:
+        early.discard()  # the state file never held it
 
 
 def _malformed(key: bytes, stored: Stored) -> str:

@@ -317,11 +317,12 @@ def in_state_dir(path):
 
 def power_cut():
     # What a power cut may take away: file data never fsync'd, renames never made durable.
-    for path in unsynced:
+    # A worker thread may be saving meanwhile (a threaded or prepared save): snapshots.
+    for path in list(unsynced):
         if os.path.exists(path):
             fd = real_open(path, os.O_WRONLY | os.O_TRUNC)
             real_close(fd)
-    for target, before in reversed(pending):
+    for target, before in reversed(list(pending)):
         if before is None:
             os.unlink(target)
         else:
