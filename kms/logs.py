@@ -44,6 +44,10 @@ _MIN_SECRET_TEXT = 8
 
 _secrets_lock = threading.Lock()
 _secret_texts: set[str] = set()
+# the same, longest first, rebuilt when one is registered: every log line is redacted (one
+# per signature), and sorting a few hundred texts (a key per chain, in several forms) for
+# each line was a third of its redaction (figures in benchmarks/README.md)
+_redact_order: list[tuple[str, ...]] = [()]
 
 
 def target_for(logger_name: str) -> str:
@@ -82,13 +86,12 @@ def register_secret(secret: bytes | str) -> None:
             forms.add(encoded[:40])
     with _secrets_lock:
         _secret_texts.update(f for f in forms if len(f) >= _MIN_SECRET_TEXT)
+        _redact_order[0] = tuple(sorted(_secret_texts, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
     """``text`` with every registered secret replaced by [REDACTED]."""
-    with _secrets_lock:
-        secrets = sorted(_secret_texts, key=len, reverse=True)
-    for secret in secrets:
+    for secret in _redact_order[0]:  # one read of the tuple: a registration replaces it
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
