@@ -41,7 +41,7 @@ import trio
 from kms.ha.errors import EtcdCause, EtcdError
 from kms.transport.address import EndpointUrl
 
-__all__ = ["BadReply", "Endpoint", "Reply", "ReplyParser", "format_request"]
+__all__ = ["BadReply", "CutShort", "Endpoint", "Reply", "ReplyParser", "TooLarge", "format_request"]
 
 MAX_IDLE = 4
 MAX_REPLY = 8 << 20  # bytes; more is no etcd reply to anything this client asks
