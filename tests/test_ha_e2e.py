@@ -186,10 +186,11 @@ from kms.cli import main""",
 )
 assert HA_SHIM != SHIM
 
-#: Crash points along one signature with [etcd], in order: before the check-and-set txn,
-#: once its answer came back (won or lost in etcd, nothing saved locally yet), inside the
-#: local save (before its temp file, before its fsync), after the save before signing,
-#: after signing before the reply, after the reply.
+#: Crash points along one signature with [etcd]: before the check-and-set txn, once its
+#: answer came back (won or lost in etcd, the state file not moved yet), inside the local
+#: save (before its temp file, before its fsync: when the spare is prepared beside the txn,
+#: these fall while the txn is in flight), after the save before signing, after signing
+#: before the reply, after the reply.
 HA_CRASH_POINTS = (
     "before_txn",
     "after_txn",
