@@ -41,6 +41,7 @@ import trio
 
 from kms.chain.state import BlockRef, SignState
 from kms.config.etcd import EtcdSettings
+from kms.ha.admin import create_watermark
 from kms.ha.batch import TxnBatcher
 from kms.ha.client import EtcdClient, encode
 from kms.ha.shared import SharedWatermarks
@@ -132,6 +133,7 @@ async def store_saves(endpoints: list[str], count: int) -> tuple[list[float], fl
         store = SharedWatermarkStore(
             MemoryState(), chain_id="store", client=client, host="bench", prefix="/bench/"
         )
+        await create_watermark(client, store.key, SignState.INITIAL, "bench")
         await store.save(SignState(1, 0, 0, BLOCK))  # first contact: reconcile, connect
         latencies = []
         cpu = time.process_time()
@@ -169,6 +171,8 @@ async def many_chains(endpoints: list[str], chains: int, seconds: float) -> dict
     """``chains`` chains saving flat out through one hub's group commit."""
     hub = SharedWatermarks(EtcdSettings(endpoints, prefix="/bench/many/", host="bench"))
     stores = [hub.store(f"chain-{i}", MemoryState()) for i in range(chains)]
+    for store in stores:
+        await create_watermark(hub.client, store.key, SignState.INITIAL, "bench")
     async with trio.open_nursery() as nursery:
         for store in stores:
             nursery.start_soon(store.save, SignState(1, 0, 0, BLOCK))

@@ -52,6 +52,10 @@ from benchmarks.harness import (
     process_cpu_s,
     summary_ms,
 )
+from kms.chain.state import SignState
+from kms.ha.admin import create_watermark
+from kms.ha.client import EtcdClient
+from kms.ha.watermark import watermark_key
 from kms.sim.etcd import LocalEtcd, find_etcd, free_ports
 from kms.sim.node import SignerClient
 
@@ -123,9 +127,18 @@ async def bare_txn_floor(port: int, count: int) -> tuple[list[float], float]:
     return await trio.to_thread.run_sync(raw_floor, port, count)
 
 
+async def init_watermarks(endpoints: list[str], chains: list[str]) -> None:
+    """Create the chains' watermarks, as `tmkms state init` does (start never creates them)."""
+    async with EtcdClient(endpoints) as client:
+        for chain in chains:
+            key = watermark_key(PREFIX, chain)
+            await create_watermark(client, key, SignState.INITIAL, "bench-init")
+
+
 async def single_chain(endpoints: list[str], heights: int) -> dict[str, Any]:
     """One chain with ``[etcd]``: sequential requests, p50/p99, every one a won CAS."""
     metrics_port = free_ports(1)[0]
+    await init_watermarks(endpoints, ["bench-ha"])
     async with kms_with_nodes(["bench-ha"], etcd_toml(endpoints, metrics_port)) as (home, _p):
         with trio.fail_after(CONNECT_TIMEOUT):
             client = await home.nodes["bench-ha"].accept()
@@ -158,6 +171,7 @@ async def many_chains(
     """
     chains = [f"ha-{i}" for i in range(count)]
     metrics_port = free_ports(1)[0]
+    await init_watermarks(endpoints, chains)
     async with kms_with_nodes(chains, etcd_toml(endpoints, metrics_port)) as (home, process):
         clients: list[SignerClient] = []
 
@@ -200,7 +214,7 @@ async def many_chains(
     latencies = [t for s in signings for t in s.latencies]
     errors = sum(s.errors for s in signings)
     signed = len(latencies) - errors
-    # each key: created once at first contact, then one write per won check-and-set
+    # each key: created once by init_watermarks, then one write per won check-and-set
     key_writes = sum(v - 1 for k, v in versions.items() if k[len(PREFIX) :] in chains)
     covered = counts.get("won") == warm + signed == key_writes
     return {

@@ -23,6 +23,7 @@ from kms.ha.shared import SharedWatermarks
 from kms.ha.watermark import format_watermark, parse_watermark
 from kms.ha.wire import RangeResult, TxnResult
 from tests.support.etcd import EtcdCluster, LocalFile, module_cluster
+from tests.support.watermarks import init_watermarks
 
 LIMIT = 30.0
 MAX_TXN_OPS = 8
@@ -111,6 +112,7 @@ async def test_too_many_ops_for_the_cluster_splits_the_flush(client: EtcdClient)
 
 async def test_many_chains_sign_at_once_through_one_hub(etcd: EtcdCluster, tmp_path: Path) -> None:
     chains = fresh(30)
+    await init_watermarks(etcd, PREFIX, chains)
     settings = EtcdSettings(etcd.endpoints, prefix=PREFIX, host="kms-a", timeout=2.0)
     hub = SharedWatermarks(settings)
     stores = [hub.store(chain, LocalFile(tmp_path / f"{chain}.json")) for chain in chains]

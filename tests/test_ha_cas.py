@@ -104,15 +104,15 @@ def test_malformed_values_say_why(value: bytes, why: str) -> None:
     assert stored.watermark is None and stored.problem is not None and why in stored.problem
 
 
-def test_first_contact_reads_then_creates() -> None:
+def test_nothing_known_reads_then_compares_on_the_mod_revision() -> None:
     machine = CasMachine(KEY, SignState(5, 0, 1, A), "kms-a", nonce=nonce)
     assert machine.op == ReadOp(KEY)
-    machine.answered(found())
+    machine.answered(found(kv(SignState(4, 0, 2, B), "kms-b", "2" * 24, 9)))
     op = machine.op
-    assert isinstance(op, CasOp) and op.revision == 0
+    assert isinstance(op, CasOp) and op.revision == 9
     txn = op.txn()
     assert txn["compare"] == [
-        {"result": "EQUAL", "target": "CREATE", "key": b64(KEY), "create_revision": "0"}
+        {"result": "EQUAL", "target": "MOD", "key": b64(KEY), "mod_revision": "9"}
     ]
     assert txn["failure"] == [{"request_range": {"key": b64(KEY)}}]
     machine.answered(won(11))
@@ -120,6 +120,21 @@ def test_first_contact_reads_then_creates() -> None:
     assert machine.decision.verdict is Verdict.WON
     assert machine.decision.stored.mod_revision == 11
     assert machine.decision.stored.watermark == Watermark(SignState(5, 0, 1, A), "kms-a", op.nonce)
+
+
+def test_a_missing_key_is_refused_not_created() -> None:
+    machine = CasMachine(KEY, SignState(5, 0, 1, A), "kms-a", nonce=nonce)
+    machine.answered(found())
+    assert machine.op is None and machine.decision is not None
+    assert machine.decision.verdict is Verdict.MALFORMED
+
+
+def test_a_create_compares_on_the_create_revision() -> None:
+    """Revision 0 is a create (`tmkms state init`): the key must not exist."""
+    txn = CasOp(KEY, 0, b"v", "n").txn()
+    assert txn["compare"] == [
+        {"result": "EQUAL", "target": "CREATE", "key": b64(KEY), "create_revision": "0"}
+    ]
 
 
 def test_remembered_value_goes_straight_to_the_txn() -> None:
@@ -190,8 +205,12 @@ def test_malformed_value_is_a_decision_only_when_fresh() -> None:
     assert again.op == ReadOp(KEY)
 
 
+#: A watermark at 4/0/2 (revision 8), as a previous check-and-set left it.
+EARLIER = Stored(8, Watermark(SignState(4, 0, 2, A), "kms-a", "5" * 24), fresh=False)
+
+
 def test_ambiguous_txn_is_resent_identically_and_won_by_its_nonce() -> None:
-    machine = CasMachine(KEY, SignState(5, 0, 1, A), "kms-a", known=Stored(0), nonce=nonce)
+    machine = CasMachine(KEY, SignState(5, 0, 1, A), "kms-a", known=EARLIER, nonce=nonce)
     op = machine.op
     assert isinstance(op, CasOp)
     machine.unanswered(maybe_applied=True)
@@ -207,7 +226,7 @@ def test_ambiguous_txn_is_resent_identically_and_won_by_its_nonce() -> None:
 
 
 def test_ambiguous_txn_resolved_as_not_ours() -> None:
-    machine = CasMachine(KEY, SignState(5, 0, 1, A), "kms-a", known=Stored(0), nonce=nonce)
+    machine = CasMachine(KEY, SignState(5, 0, 1, A), "kms-a", known=EARLIER, nonce=nonce)
     machine.unanswered(maybe_applied=True)
     machine.answered(failed_with(kv(SignState(5, 0, 1, B), "kms-a", "9" * 24, 21)))
     assert not machine.ambiguous
@@ -230,7 +249,7 @@ def test_reads_are_never_ambiguous() -> None:
     ],
 )
 def test_answers_of_the_wrong_shape_are_refused(result: TxnResult | RangeResult) -> None:
-    machine = CasMachine(KEY, SignState(5, 0, 1, A), "kms-a", known=Stored(0), nonce=nonce)
+    machine = CasMachine(KEY, SignState(5, 0, 1, A), "kms-a", known=EARLIER, nonce=nonce)
     with pytest.raises(ValueError):
         machine.answered(result)
 
@@ -244,7 +263,7 @@ def _stored(state: SignState | None) -> Stored:
 @pytest.mark.parametrize(
     ("local", "shared", "action"),
     [
-        (SignState(5, 0, 1, A), None, ReconcileAction.CREATE),
+        (SignState(5, 0, 1, A), None, ReconcileAction.MISSING),
         (SignState(5, 0, 1, A), SignState(4, 0, 2, B), ReconcileAction.RAISE),
         (SignState(5, 0, 1, A), SignState(6, 0, 0, B), ReconcileAction.ADOPT),
         (SignState(5, 0, 1, A), SignState(5, 0, 1, A), ReconcileAction.UNCHANGED),

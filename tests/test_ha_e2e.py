@@ -297,6 +297,15 @@ class Host:
             self.gone.set()
 
 
+async def state_init(host: Host) -> str:
+    """Run `tmkms state init` with ``host``'s config; its output (it must succeed)."""
+    assert host.config is not None
+    command = [*TMKMS, "state", "init", "-c", str(host.config)]
+    done = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
 def refusal_cause(code: int, description: str) -> str:
     """A refusal's cause as the node sees it: the shared watermark's cause, or double sign."""
     if match := re.match(r"shared watermark (\w+):", description):
@@ -381,9 +390,17 @@ class Fleet:
         return f"{self.prefix}{self.chain_id}"
 
     async def add(
-        self, name: str, endpoints: Sequence[str], etcd_extra: Sequence[str] = ()
+        self,
+        name: str,
+        endpoints: Sequence[str],
+        etcd_extra: Sequence[str] = (),
+        *,
+        init: bool = True,
     ) -> Host:
-        """A host with its own folder, identity and node; the consensus key is a copy."""
+        """A host with its own folder, identity and node; the consensus key is a copy.
+
+        The first host (``init``) creates the chain's watermark with `tmkms state init`, as
+        an operator does once on a new etcd; the sign path never creates it."""
         root = self.tmp_path / name
         write_key(root / "secrets" / f"{self.chain_id}.key", self.consensus)
         write_key(root / "secrets" / "kms-identity.key", SigningKey.generate())
@@ -393,6 +410,8 @@ class Fleet:
         ledger = Ledger(self.chain_id, self.consensus.verify_key)
         host = Host(name, root, self.chain_id, node, ledger)
         host.write_config(endpoints, self.prefix, etcd_extra)
+        if init and not self.hosts:
+            await state_init(host)
         self.hosts.append(host)
         return host
 
@@ -983,7 +1002,7 @@ async def test_an_endpoint_speaking_something_else_is_refused(
             else:
                 endpoints = [f"http://127.0.0.1:{port}"]
             async with fleet(tmp_path) as f:
-                a = await f.add("kms-a", endpoints)
+                a = await f.add("kms-a", endpoints, init=False)  # init would fail the same way
                 await f.start(a)
                 await refused_with(f, a, wrong)
                 assert_clean_output(a.output())
@@ -1221,6 +1240,40 @@ async def test_soak_three_hosts_every_fault_at_random(etcd: EtcdCluster, tmp_pat
     assert int(counts["steps"]) >= 1000
 
 
+async def test_tmkms_start_never_creates_the_watermark_state_init_does(
+    etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    """A new etcd, two hosts started before anyone ran `tmkms state init`: both refuse every
+    step (cause missing), each says once what to do, and nothing is written to etcd. The
+    operator runs `tmkms state init` on one host while both run: signing starts by itself."""
+    with trio.fail_after(LIMIT):
+        async with fleet(tmp_path) as f:
+            a = await f.add("kms-a", etcd.endpoints, init=False)
+            b = await f.add("kms-b", etcd.endpoints[::-1], init=False)
+            await f.start(a)
+            await f.start(b)
+            began = time.monotonic()
+            for result in await f.steps(4):
+                assert not result.signed, result
+                assert result.refused == {"kms-a": "missing", "kms-b": "missing"}, result
+            assert a.kms is not None
+            advice = rf"ERROR .*\[{f.chain_id}\] first contact with etcd refused: .*state init"
+            await a.kms.wait_for(advice, timeout=5)
+            await trio.sleep(2.5)  # two more rounds of the watcher: not repeated
+            assert sum(bool(re.search(advice, line)) for line in a.output()) == 1
+            assert await in_thread(etcd.get_value, f.key) is None
+            out = await state_init(a)
+            created = time.monotonic()
+            assert "shared: created at 0/0/0 Proposal, block <nil> by kms-a" in out, out
+            first = await f.wait_signed(timeout=5)
+            waited = time.monotonic() - created
+            await f.steps(10)
+    assert waited <= 3.0, waited
+    assert first.signed
+    assert_safe(f, "watermark created by state init while running", [(began, created)])
+    ha_counted("watermark created by state init", signed_after_ms=round(waited * 1000))
+
+
 async def test_a_new_host_starts_without_etcd_then_adopts_the_watermark(
     etcd: EtcdCluster, tmp_path: Path
 ) -> None:
@@ -1285,13 +1338,13 @@ async def test_a_watermark_deleted_from_etcd_is_refused_not_recreated(
             leader = await in_thread(etcd.wait_leader)
             await in_thread(etcd.post, leader, "/v3/kv/deleterange", {"key": b64(f.key)})
             again = await f.ask_at(loser, last.hrs, f.block_of(loser, last.hrs[0]))
-            assert again.refused == {loser.name: "malformed"}, again
+            assert again.refused == {loser.name: "missing"}, again
             for result in await f.steps(3):
                 assert not result.signed and len(result.refused) == 2, result
-                assert set(result.refused.values()) == {"malformed"}, result
+                assert set(result.refused.values()) == {"missing"}, result
             assert loser.kms is not None
             await loser.kms.wait_for(
-                rf"ERROR .*\[{f.chain_id}\] shared watermark malformed: .*the key is gone"
+                rf"ERROR .*\[{f.chain_id}\] shared watermark missing: .*no watermark under"
             )
             assert await in_thread(etcd.get_value, f.key) is None
             await in_thread(etcd.put_value, f.key, kept)  # the operator restores it

@@ -1,18 +1,19 @@
-"""A watermark that vanishes from etcd, or goes back in time, is refused, never written.
+"""A watermark missing from etcd, or gone back in time, is refused, never written.
 
 Found by the end-to-end suite (tests/test_ha_e2e.py): host A wins a step over block X and
 signs it, host B is refused; then the chain's key disappears from etcd (an operator's
 ``etcdctl del``, another tool on the prefix, a cluster restored from an older backup). B,
 asked again for its own block Y at the very step A signed, read "no key", took it for a
-new chain, created the key and signed Y: a double sign, without an ERROR line. Only first
-contact may create a missing key (from the local state, as the spec says); after it, a
-missing key means the watermark was lost, and nothing in etcd tells what another host
-signed, so the check-and-set refuses (cause malformed, "the key is gone") until an operator
-restores it. The same hole opened when etcd was restored from an older backup (its
-revisions go back with it): B found an older watermark, below the step A signed, and signed
-its own block there. etcd's revisions only grow, so each store now keeps the highest
-revision of its key it has seen, and a key found below it (missing is revision 0) is
-refused the same way ("went back in time").
+new chain, created the key and signed Y: a double sign, without an ERROR line. A missing
+key means the watermark was never created or was lost, and nothing in etcd tells what
+another host signed, so the check-and-set refuses (cause missing) until an operator
+creates it (`tmkms state init`, or `state set` above every host's state). The spec let
+first contact create it from the local state; that was the same hole for a KMS
+*restarted* after etcd lost its data: its local state may be behind what another host
+signed. The same hole opened when etcd was restored from an older backup (its revisions
+go back with it): B found an older watermark, below the step A signed, and signed its own
+block there. etcd's revisions only grow, so each store keeps the highest revision of its
+key it has seen, and a key found below it is refused ("went back in time").
 
 Here the check-and-set machine is driven by hand, then two stores are run against the real
 etcd cluster of tests/conftest.py (the end-to-end check is in tests/test_ha_e2e.py).
@@ -28,7 +29,8 @@ import pytest
 import trio
 
 from kms.chain.state import BlockRef, SignState
-from kms.ha.cas import GONE, CasMachine, CasOp, ReadOp, Verdict, went_back
+from kms.ha.admin import RaiseOutcome, create_watermark
+from kms.ha.cas import MISSING, CasMachine, CasOp, ReadOp, Verdict, went_back
 from kms.ha.client import EtcdClient
 from kms.ha.errors import HaRefused
 from kms.ha.store import SharedWatermarkStore
@@ -52,10 +54,13 @@ def stored_by_other(state: SignState, revision: int) -> Stored:
 # ---------------------------------------------------------------- the machine, by hand
 
 
-def test_first_contact_creates_a_missing_key() -> None:
-    machine = CasMachine(KEY, SignState(5, 0, 1, Y), "kms-b")
+def test_a_missing_key_is_never_created_by_the_sign_path() -> None:
+    machine = CasMachine(KEY, SignState(5, 0, 1, Y), "kms-b")  # floor 0: nothing seen yet
+    assert isinstance(machine.op, ReadOp)
     machine.answered(NOTHING)
-    assert isinstance(machine.op, CasOp) and machine.op.revision == 0  # CREATE == 0
+    assert machine.op is None and machine.decision is not None
+    assert machine.decision.verdict is Verdict.MALFORMED
+    assert machine.decision.stored.problem == MISSING
 
 
 def test_once_seen_a_missing_key_is_refused_not_created() -> None:
@@ -72,7 +77,7 @@ def test_once_seen_a_missing_key_is_refused_not_created() -> None:
     machine.answered(NOTHING)
     assert machine.op is None and machine.decision is not None
     assert machine.decision.verdict is Verdict.MALFORMED
-    assert machine.decision.stored.problem == GONE
+    assert machine.decision.stored.problem == MISSING
 
 
 def test_a_key_deleted_under_a_compare_is_refused() -> None:
@@ -168,6 +173,9 @@ async def test_a_deleted_watermark_is_never_recreated_by_a_running_store(
     with trio.fail_after(LIMIT):
         for s in (a, b):
             await s.load()
+        assert await outcome(a, SignState(5, 0, 1, X)) == "ha_missing"  # not created yet
+        created = await create_watermark(clients[0], key.encode(), SignState.INITIAL, "ops")
+        assert created.outcome is RaiseOutcome.RAISED
         assert await outcome(a, SignState(5, 0, 1, X)) == "won"
         assert await outcome(b, SignState(5, 0, 1, Y)) == "ha_lost"
         kept = await trio.to_thread.run_sync(etcd.get_value, key)
@@ -177,8 +185,8 @@ async def test_a_deleted_watermark_is_never_recreated_by_a_running_store(
             lambda: etcd.post(leader, "/v3/kv/deleterange", {"key": b64(key)})
         )
         # before the fix: "won" (B created the key and would have signed Y at 5/0/1)
-        assert await outcome(b, SignState(5, 0, 1, Y)) == "ha_malformed"
-        assert await outcome(a, SignState(5, 0, 2, X)) == "ha_malformed"
+        assert await outcome(b, SignState(5, 0, 1, Y)) == "ha_missing"
+        assert await outcome(a, SignState(5, 0, 2, X)) == "ha_missing"
         assert await trio.to_thread.run_sync(etcd.get_value, key) is None  # nothing written
         assert (a_local.saves, b_local.saves) == saves  # nothing saved locally either
         # an operator puts the watermark back: both go on from it
@@ -187,5 +195,36 @@ async def test_a_deleted_watermark_is_never_recreated_by_a_running_store(
         assert await outcome(b, SignState(5, 0, 1, Y)) == "ha_lost"
         assert await outcome(a, SignState(5, 0, 2, X)) == "won"
     assert parse_watermark(kept or b"").state == SignState(5, 0, 1, X)
-    gone = [r.getMessage() for r in caplog.records if "the key is gone" in r.getMessage()]
-    assert len(gone) == 2 and all(f"[{chain}] shared watermark malformed" in m for m in gone)
+    gone = [r.getMessage() for r in caplog.records if MISSING in r.getMessage()]
+    assert len(gone) == 3 and all(f"[{chain}] shared watermark missing" in m for m in gone)
+
+
+async def test_a_host_restarted_after_etcd_lost_its_data_does_not_sign_from_its_own_state(
+    clients: list[EtcdClient], tmp_path: Path
+) -> None:
+    """A signed 5/0/1 over X; B's KMS restarts (a new store) with its state still behind,
+    at 4/0/2, and etcd has lost the key. B must not create it from 4/0/2 and sign Y at
+    5/0/1: first contact refuses until an operator creates the key."""
+    chain = f"chain-{uuid.uuid4().hex[:8]}"
+    key = f"/tmkms-safety/{chain}".encode()
+    b_local = LocalFile(tmp_path / "b.json")
+    b = store(b_local, clients[1], "kms-b", chain)
+    with trio.fail_after(LIMIT):
+        await b_local.save(SignState(4, 0, 2, Y))  # what B signed before its restart
+        b_local.saves = 0
+        await b.load()
+        assert await outcome(b, SignState(5, 0, 1, Y)) == "ha_missing"
+        with pytest.raises(HaRefused) as refused:
+            await b.reconcile()
+        assert refused.value.reason == "ha_missing" and "tmkms state init" in str(refused.value)
+        assert (await clients[0].range(key)).kvs == ()  # nothing written
+        assert b_local.saves == 0 and b.last_reconcile is None
+        # the operator creates it above every host's state: B adopts it, is refused
+        # below it, and signs above it
+        above = SignState(6, 0, 0, BlockRef.NIL)
+        assert (await create_watermark(clients[0], key, above, "ops")).outcome.value == "raised"
+        assert await outcome(b, SignState(5, 0, 1, Y)) == "ha_lost"
+        assert b.last_reconcile is not None and b.last_reconcile.action.value == "adopted"
+        assert await b_local.load() == above
+        assert await outcome(b, SignState(6, 0, 1, Y)) == "won"
+        assert await b_local.load() == SignState(6, 0, 1, Y)

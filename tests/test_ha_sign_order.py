@@ -40,6 +40,7 @@ from kms.ha.errors import HaRefused
 from kms.ha.store import SharedWatermarkStore
 from providers.softsign import Ed25519SoftSigner
 from tests.support.etcd import EtcdCluster
+from tests.support.watermarks import init_watermarks
 
 X = BlockRef(b"\xaa" * 32, 1, b"\x0a" * 32)
 Y = BlockRef(b"\xbb" * 32, 1, b"\x0b" * 32)
@@ -107,6 +108,7 @@ async def test_a_check_and_set_lost_leaves_the_state_file_and_a_restart_refuses_
     etcd: EtcdCluster, tmp_path: Path, hosts: list[Host]
 ) -> None:
     chain = f"chain-{uuid.uuid4().hex[:12]}"
+    await init_watermarks(etcd, PREFIX, [chain])
     with trio.fail_after(LIMIT):
         b = new_host(hosts, tmp_path / "b.json", chain, "kms-b", etcd.endpoints)
         a = new_host(hosts, tmp_path / "a.json", chain, "kms-a", etcd.endpoints)
@@ -142,6 +144,7 @@ async def test_etcd_without_quorum_leaves_the_state_file_as_it_was(
     etcd: EtcdCluster, tmp_path: Path, hosts: list[Host]
 ) -> None:
     chain = f"chain-{uuid.uuid4().hex[:12]}"
+    await init_watermarks(etcd, PREFIX, [chain])
     with trio.fail_after(LIMIT):
         # A talks to member 0 only, which etcd keeps running: a txn it refuses for want of
         # a leader is never applied later (one left in a stopped member's socket could be)
@@ -171,6 +174,7 @@ async def test_a_won_check_and_set_is_followed_by_the_local_save(
     etcd: EtcdCluster, tmp_path: Path, hosts: list[Host]
 ) -> None:
     chain = f"chain-{uuid.uuid4().hex[:12]}"
+    await init_watermarks(etcd, PREFIX, [chain])
     with trio.fail_after(LIMIT):
         a = new_host(hosts, tmp_path / "a.json", chain, "kms-a", etcd.endpoints)
         await a.start()

@@ -1,4 +1,4 @@
-"""`tmkms state show|import|set` with `[etcd]`, against a real 3-member etcd cluster.
+"""`tmkms state show|init|import|set` with `[etcd]`, against a real 3-member etcd cluster.
 
 The commands run in-process (``kms.cli.main``), as in ``test_state_cmd.py``; what etcd holds
 is read and written with the test helpers' own HTTP client (``tests.support.etcd``), not
@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kms.chain.state import BlockRef, SignState
 from kms.chain.stateformat import format_state, parse_state
 from kms.cli import main
+from kms.commands.state import describe
 from kms.ha.watermark import format_watermark, new_nonce, parse_watermark
 from tests.support.etcd import ClusterTls, EtcdCluster, free_ports, running_cluster
 
@@ -168,6 +169,48 @@ def test_show_import_and_set_keep_the_watermark_with_the_local_state(
     assert beta_doc["shared"] == {"key": f"{prefix}beta-2", "status": "missing"}
 
 
+def test_init_creates_missing_watermarks_from_the_local_states_and_only_those(
+    home: Path, etcd: EtcdCluster, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """alpha-1 has a state file, beta-2 none (height 0); a second init changes nothing."""
+    signed = SignState(77, 3, 1, BLOCK_A)
+    write_state(home, signed)
+    assert run(home, "init") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"chain alpha-1 (state file {state_path(home)}): {describe(signed)}"
+    assert out[1].startswith(f"  shared: created at {describe(signed)} by {HOST} (etcd key ")
+    assert out[3].startswith(f"  shared: created at 0/0/0 Proposal, block <nil> by {HOST}")
+    alpha = parse_watermark(stored(etcd, prefix) or b"")
+    beta = parse_watermark(stored(etcd, prefix, "beta-2") or b"")
+    assert (alpha.state, alpha.host) == (signed, HOST)
+    assert beta.state == SignState.INITIAL
+
+    write_state(home, SignState(80, 0, 0, BLOCK_B))  # init never raises an existing one
+    other = written_by_other(etcd, prefix, SignState(78, 0, 0, BLOCK_A), "kms-b")
+    assert run(home, "init", "alpha-1") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[1].startswith("  shared: exists at 78/0/0 Proposal, block ")
+    assert "written by kms-b" in out[1] and "left as it is" in out[1]
+    assert stored(etcd, prefix) == other
+
+
+def test_init_leaves_a_malformed_value_alone_and_needs_etcd(
+    home: Path, etcd: EtcdCluster, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    etcd.put_value(f"{prefix}alpha-1", b"not a watermark")
+    assert run(home, "init") == 4
+    out = capsys.readouterr().out
+    assert "  shared: left alone: etcd key " in out and "does not hold a tmkms watermark" in out
+    assert stored(etcd, prefix) == b"not a watermark"
+    assert parse_watermark(stored(etcd, prefix, "beta-2") or b"").host == HOST
+
+    config = home / "tmkms.toml"
+    config.write_text(config.read_text().split("[etcd]")[0])
+    assert run(home, "init") != 0
+    error = capsys.readouterr().err
+    assert str(config) in error and "[etcd]" in error and "Traceback" not in error
+
+
 def test_the_watermark_is_never_lowered_without_force(
     home: Path, etcd: EtcdCluster, prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -266,9 +309,16 @@ def test_an_etcd_nobody_answers_on_is_one_line(
     )
     error = captured.err.strip()
     assert error.startswith("error: the shared watermark of alpha-1 was not raised: etcd")
-    assert "tmkms start brings the two together on first contact" in error
+    assert "run this command again once etcd answers" in error
     assert len(error.splitlines()) == 1 and "Traceback" not in error
     assert parse_state(state_path(home).read_bytes()) == SignState(10, 0, 0)
+
+    assert run(home, "init") == 1
+    captured = capsys.readouterr()
+    assert "  shared: not created (etcd key /tmkms/alpha-1): etcd could not be asked" in (
+        captured.out
+    )
+    assert "etcd could not be asked: " in captured.out and "Traceback" not in captured.err
 
 
 def test_no_quorum_is_one_line_within_the_wait(

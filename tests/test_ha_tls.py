@@ -31,6 +31,7 @@ from kms.ha.settings import open_client
 from kms.ha.store import SharedWatermarkStore
 from kms.ha.tls import client_context
 from tests.support.etcd import ClusterTls, EtcdCluster, LocalFile, module_cluster
+from tests.support.watermarks import init_watermarks
 
 LIMIT = 20.0
 
@@ -167,6 +168,7 @@ async def test_verified_server_and_client_certificate(etcd: EtcdCluster, pki: Pk
 
 async def test_a_store_over_tls(etcd: EtcdCluster, pki: Pki, tmp_path: Path) -> None:
     context = client_context(pki.ca, *pki.client)
+    await init_watermarks(etcd, "/tmkms-tls/", ["tls-chain"])
     async with EtcdClient(etcd.endpoints, ssl_context=context) as client:
         store = SharedWatermarkStore(
             LocalFile(tmp_path / "state.json"), chain_id="tls-chain", client=client,

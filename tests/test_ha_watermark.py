@@ -21,6 +21,7 @@ import pytest
 import trio
 
 from kms.chain.state import BlockRef, SignState
+from kms.ha.admin import RaiseOutcome, create_watermark
 from kms.ha.cas import ReconcileAction
 from kms.ha.client import EtcdClient
 from kms.ha.errors import HaRefused
@@ -29,6 +30,7 @@ from kms.ha.watermark import format_watermark, parse_watermark
 from kms.transport.address import Address
 from tests.support.chaos import ChaosPolicy, ChaosProxy
 from tests.support.etcd import EtcdCluster, LocalFile
+from tests.support.watermarks import init_watermarks
 
 LIMIT = 60.0
 A = BlockRef(b"\xaa" * 32, 1, b"\x0a" * 32)
@@ -98,8 +100,12 @@ async def hosts() -> AsyncIterator[Hosts]:
     await made.aclose()
 
 
-def fresh_chain() -> str:
-    return f"chain-{uuid.uuid4().hex[:12]}"
+async def fresh_chain(etcd: EtcdCluster, *, create: bool = True) -> str:
+    """A new chain id; its watermark created at height 0 (as `tmkms state init` would)."""
+    chain = f"chain-{uuid.uuid4().hex[:12]}"
+    if create:
+        await init_watermarks(etcd, "/tmkms-test/", [chain])
+    return chain
 
 
 async def stored(etcd: EtcdCluster, chain: str) -> bytes | None:
@@ -117,10 +123,10 @@ async def attempt(h: Host, state: SignState) -> str:
     return "won"
 
 
-async def test_first_save_creates_the_key_then_one_round_trip_per_save(
+async def test_first_save_reads_the_key_then_one_round_trip_per_save(
     etcd: EtcdCluster, tmp_path: Path, hosts: Hosts
 ) -> None:
-    chain = fresh_chain()
+    chain = await fresh_chain(etcd)
     a = hosts.add(tmp_path, "kms-a", chain, etcd.endpoints)
     with trio.fail_after(LIMIT):
         await a.store.load()
@@ -130,7 +136,7 @@ async def test_first_save_creates_the_key_then_one_round_trip_per_save(
         await a.store.save(SignState(5, 0, 2, A))
         second = parse_watermark(await stored(etcd, chain) or b"")
     assert a.store.last_reconcile is not None
-    assert a.store.last_reconcile.action is ReconcileAction.CREATE
+    assert a.store.last_reconcile.action is ReconcileAction.UNCHANGED  # both at height 0
     assert first.state == SignState(5, 0, 1, A) and first.host == "kms-a"
     assert second.state == SignState(5, 0, 2, A)
     assert second.nonce != first.nonce
@@ -142,7 +148,7 @@ async def test_first_save_creates_the_key_then_one_round_trip_per_save(
 async def test_two_hosts_racing_conflicting_blocks_exactly_one_wins(
     etcd: EtcdCluster, tmp_path: Path, hosts: Hosts
 ) -> None:
-    chain = fresh_chain()
+    chain = await fresh_chain(etcd)
     a = hosts.add(tmp_path, "kms-a", chain, etcd.endpoints)
     b = hosts.add(tmp_path, "kms-b", chain, list(reversed(etcd.endpoints)))
     outcomes = {"a": 0, "b": 0}
@@ -177,7 +183,7 @@ async def test_two_hosts_racing_conflicting_blocks_exactly_one_wins(
 async def test_the_same_vote_may_be_signed_by_both(
     etcd: EtcdCluster, tmp_path: Path, hosts: Hosts
 ) -> None:
-    chain = fresh_chain()
+    chain = await fresh_chain(etcd)
     a = hosts.add(tmp_path, "kms-a", chain, etcd.endpoints)
     b = hosts.add(tmp_path, "kms-b", chain, etcd.endpoints)
     with trio.fail_after(LIMIT):
@@ -189,7 +195,7 @@ async def test_the_same_vote_may_be_signed_by_both(
 async def test_lost_compare_rereads_and_retries(
     etcd: EtcdCluster, tmp_path: Path, hosts: Hosts
 ) -> None:
-    chain = fresh_chain()
+    chain = await fresh_chain(etcd)
     a = hosts.add(tmp_path, "kms-a", chain, etcd.endpoints)
     b = hosts.add(tmp_path, "kms-b", chain, etcd.endpoints)
     with trio.fail_after(LIMIT):
@@ -204,7 +210,7 @@ async def test_lost_compare_rereads_and_retries(
 async def test_a_stale_guess_never_refuses_by_itself(
     etcd: EtcdCluster, tmp_path: Path, hosts: Hosts
 ) -> None:
-    chain = fresh_chain()
+    chain = await fresh_chain(etcd)
     a = hosts.add(tmp_path, "kms-a", chain, etcd.endpoints)
     b = hosts.add(tmp_path, "kms-b", chain, etcd.endpoints)
     with trio.fail_after(LIMIT):
@@ -225,7 +231,7 @@ async def test_a_stale_guess_never_refuses_by_itself(
 async def test_a_malformed_value_is_refused_and_nothing_is_saved(
     etcd: EtcdCluster, tmp_path: Path, hosts: Hosts, caplog: pytest.LogCaptureFixture, value: bytes
 ) -> None:
-    chain = fresh_chain()
+    chain = await fresh_chain(etcd)
     await trio.to_thread.run_sync(etcd.put_value, f"/tmkms-test/{chain}", value)
     a = hosts.add(tmp_path, "kms-a", chain, etcd.endpoints)
     with trio.fail_after(LIMIT):
@@ -244,18 +250,22 @@ async def test_a_malformed_value_is_refused_and_nothing_is_saved(
     assert await stored(etcd, chain) == value  # untouched
 
 
-async def test_reconcile_creates_raises_and_adopts(
+async def test_reconcile_refuses_a_missing_key_then_raises_and_adopts(
     etcd: EtcdCluster, tmp_path: Path, hosts: Hosts
 ) -> None:
-    chain = fresh_chain()
+    chain = await fresh_chain(etcd, create=False)
     a = hosts.add(tmp_path, "kms-a", chain, etcd.endpoints)
     b = hosts.add(tmp_path, "kms-b", chain, etcd.endpoints)
     await trio.to_thread.run_sync(a.local.file.save, SignState(10, 0, 2, A))
     await trio.to_thread.run_sync(b.local.file.save, SignState(12, 1, 1, B))
     with trio.fail_after(LIMIT):
-        created = await a.store.reconcile()
-        assert created.action is ReconcileAction.CREATE
-        assert parse_watermark(await stored(etcd, chain) or b"").state == SignState(10, 0, 2, A)
+        with pytest.raises(HaRefused) as missing:
+            await a.store.reconcile()
+        assert missing.value.reason == "ha_missing" and a.store.last_reconcile is None
+        assert await stored(etcd, chain) is None  # first contact never creates it
+        created = await create_watermark(a.client, a.store.key, SignState(10, 0, 2, A), "kms-a")
+        assert created.outcome is RaiseOutcome.RAISED  # `tmkms state init` on host a
+        assert (await a.store.reconcile()).action is ReconcileAction.UNCHANGED
         raised = await b.store.reconcile()
         assert raised.action is ReconcileAction.RAISE
         assert parse_watermark(await stored(etcd, chain) or b"").state == SignState(12, 1, 1, B)
@@ -281,7 +291,7 @@ class ReplyCutter(ChaosProxy):
 async def test_ambiguous_outcomes_are_resolved_and_never_both_own(
     etcd: EtcdCluster, tmp_path: Path, hosts: Hosts
 ) -> None:
-    chain = fresh_chain()
+    chain = await fresh_chain(etcd)
     policy = ChaosPolicy(drop=0.4)  # 40% of etcd's replies are cut short
     members = [etcd.members[i].client_port for i in (0, 1, 2, 0)]
     proxies = [
@@ -339,7 +349,7 @@ async def test_ambiguous_outcomes_are_resolved_and_never_both_own(
 async def test_quorum_lost_refuses_in_time_then_resumes(
     etcd: EtcdCluster, tmp_path: Path, hosts: Hosts, caplog: pytest.LogCaptureFixture
 ) -> None:
-    chain = fresh_chain()
+    chain = await fresh_chain(etcd)
     a = hosts.add(tmp_path, "kms-a", chain, etcd.endpoints, timeout=1.0)
     height = 1
     with trio.fail_after(LIMIT):
@@ -378,7 +388,7 @@ async def test_leader_killed_next_success_within_bound(
     gaps = []
     for run in range(3):
         await trio.to_thread.run_sync(etcd.heal)
-        chain = fresh_chain()
+        chain = await fresh_chain(etcd)
         a = hosts.add(tmp_path, f"kms-{run}", chain, etcd.endpoints)
         height = 1
         with trio.fail_after(LIMIT):

@@ -1,4 +1,4 @@
-"""`tmkms state show|import|set`: read and (carefully) change each chain's double-sign state.
+"""`tmkms state show|init|import|set`: read and (carefully) change each chain's double-sign state.
 
 * ``show [-c PATH] [--json]`` prints every configured chain's last signed height/round/step
   and block, and whether a running `tmkms start` holds the file. Reading is safe while the
@@ -17,12 +17,23 @@ With ``[etcd]`` (high availability), each chain also has a shared watermark in e
 * ``show`` reads every chain's watermark (a linearizable read) and prints it beside the
   local state with the host that wrote it, or ``missing``, or why the value is malformed.
   An etcd that cannot be asked is one line saying so (the local states are still shown).
+* ``init [CHAIN_ID ...]`` creates the missing watermarks of the named (default: all)
+  chains from this host's local states (height 0 where there is no state file yet), and
+  leaves existing ones as they are. `tmkms start` never creates one: a key missing could
+  as well have been lost, and a host behind what another signed would then sign that step
+  again. Run it once, on a new etcd, on the host with the latest state files. It only
+  reads the local states, so it may run while `tmkms start` is up (and refusing: the
+  chain starts signing within a second of its key's creation).
 * ``import`` and ``set``, after the local write and still holding the state lock, raise the
   watermark to the new local state by check-and-set (:func:`kms.ha.admin.raise_watermark`):
   a concurrent writer is never overwritten, a watermark at or past the state is left as it
   is, and a malformed value is left alone; ``import --force`` replaces either. The outcome
-  is printed. If etcd cannot be asked, the local state stays written and the command fails
-  (exit 1) saying so: `tmkms start` brings the two together on first contact.
+  is printed; a missing watermark is created. If etcd cannot be asked, the local state
+  stays written and the command fails (exit 1) saying so: run it again (`tmkms start`
+  brings an existing watermark and the local state together on first contact).
+
+Exit codes of ``init``: 4 when a state file or a watermark cannot be read (or is
+malformed), else 1 when etcd could not be asked, else 0.
 
 Exit codes of ``show``: 4 when a state file or a watermark cannot be read (or is
 malformed), else 1 when etcd could not be asked, else 0. Nothing here ever prints the etcd
@@ -63,12 +74,19 @@ ETCD_WAIT = 5.0
 
 
 def add_commands(subparsers: Subparsers) -> None:
-    """Register `state show`, `state import` and `state set`."""
+    """Register `state show`, `state init`, `state import` and `state set`."""
     group = add_group(subparsers, "state", "show or change the double-sign state of each chain")
     show = group.add_parser("show", help="print every chain's last signed state")
     add_config_option(show)
     show.add_argument("--json", action="store_true", help="print JSON instead of text")
     show.set_defaults(handler=show_states)
+
+    init = group.add_parser(
+        "init", help="with [etcd]: create the missing shared watermarks from the local states"
+    )
+    add_config_option(init)
+    init.add_argument("chain_ids", metavar="CHAIN_ID", nargs="*", help="default: every chain")
+    init.set_defaults(handler=init_shared)
 
     load = group.add_parser(
         "import", help="take a chain's state from priv_validator_state.json or a tmkms state file"
@@ -232,8 +250,8 @@ class SharedView:
             )
         if stored.watermark is None:
             return (
-                f"missing (no etcd key {key}; tmkms start creates it from the local state on "
-                "first contact)"
+                f"missing (no etcd key {key}; tmkms start refuses to sign until "
+                "`tmkms state init` creates it)"
             )
         mark = stored.watermark
         where = f"etcd key {key}, revision {stored.mod_revision}"
@@ -334,6 +352,83 @@ async def _etcd_session(settings: EtcdSettings) -> AsyncIterator[EtcdClient]:
         raise EtcdError(EtcdCause.UNREACHABLE, f"no answer from {endpoints} within {wait:g} s")
 
 
+def init_shared(args: argparse.Namespace) -> int:
+    """`tmkms state init [CHAIN_ID ...]`: create missing watermarks (see the module docstring)."""
+    import trio
+
+    from kms.ha.admin import RaiseOutcome
+
+    path = config_path_from(args.config)
+    config = load_config(path)
+    if config.etcd is None:
+        raise ConfigError(f"{path}: `state init` creates the shared watermarks of [etcd]: none")
+    chains = [_chain(config, c) for c in args.chain_ids] if args.chain_ids else config.chains
+    _check_etcd_files(config)
+    states: dict[str, SignState] = {}
+    unreadable: dict[str, StateError] = {}
+    for chain in chains:
+        try:
+            states[chain.id] = read_state(chain.state_file) or SignState.INITIAL
+        except StateError as exc:
+            unreadable[chain.id] = exc
+    settings = config.etcd
+    done, error = trio.run(_create_shared, settings, states)
+    failed = bool(unreadable)
+    for chain in chains:
+        key = f"{settings.prefix}{chain.id}"
+        if chain.id in unreadable:
+            print(f"chain {chain.id}: error: {unreadable[chain.id]}\n  shared: not created")
+            continue
+        print(f"chain {chain.id} (state file {chain.state_file}): {describe(states[chain.id])}")
+        if chain.id not in done:
+            print(f"  shared: not created (etcd key {key}): etcd could not be asked")
+            continue
+        raised = done[chain.id]
+        failed = failed or raised.outcome is RaiseOutcome.MALFORMED
+        print(f"  shared: {_init_text(key, raised, settings.host)}")
+    if error is not None:
+        print(f"etcd could not be asked: {error}")
+        return 1 if not failed else 4
+    return 4 if failed else 0
+
+
+async def _create_shared(
+    settings: EtcdSettings, states: dict[str, SignState]
+) -> tuple[dict[str, Raised], str | None]:
+    from kms.ha.admin import create_watermark
+    from kms.ha.watermark import watermark_key
+
+    done: dict[str, Raised] = {}
+    try:
+        async with _etcd_session(settings) as client:
+            for chain_id, state in states.items():
+                key = watermark_key(settings.prefix, chain_id)
+                done[chain_id] = await create_watermark(client, key, state, settings.host)
+    except KmsError as exc:
+        return done, str(exc).removeprefix("etcd: ")
+    return done, None
+
+
+def _init_text(key: str, raised: Raised, host: str) -> str:
+    from kms.ha.admin import RaiseOutcome
+
+    stored = raised.stored
+    where = f"etcd key {key}, revision {stored.mod_revision}"
+    if raised.outcome is RaiseOutcome.MALFORMED:
+        return (
+            f"left alone: {where} does not hold a tmkms watermark ({stored.problem}); "
+            "`tmkms state import --force` replaces it"
+        )
+    mark = stored.watermark
+    assert mark is not None
+    if raised.outcome is RaiseOutcome.EXISTS:
+        return (
+            f"exists at {describe(mark.state)}, written by {mark.host} ({where}): left as it "
+            "is; `tmkms start` brings it and the local state together"
+        )
+    return f"created at {describe(mark.state)} by {host} ({where})"
+
+
 def _report(chain: ChainConfig, before: SignState | None, after: SignState | None) -> None:
     print(f"chain {chain.id} (state file {chain.state_file})")
     print(f"  before: {describe(before)}")
@@ -422,9 +517,9 @@ def raise_shared(
         print(f"  shared: not changed (etcd key {key}): etcd could not be asked")
         raise KmsError(
             f"the shared watermark of {chain.id} was not raised: {exc}. The local state is "
-            "written; tmkms start brings the two together on first contact (a lower "
-            "watermark is raised to the local state, a higher one adopted), or run this "
-            "command again once etcd answers"
+            "written; run this command again once etcd answers (tmkms start raises a lower "
+            "watermark to the local state on first contact and adopts a higher one, but "
+            "never creates a missing one)"
         ) from exc
     from kms.ha.admin import RaiseOutcome
 

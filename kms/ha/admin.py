@@ -1,8 +1,10 @@
-"""The shared watermark for operators' tools: ``tmkms state show``, ``import`` and ``set``.
+"""The shared watermark for operators' tools: ``tmkms state show|init|import|set``.
 
-``show`` reads a chain's watermark (a linearizable read) and says who wrote it;
-``import``/``set`` raise it to the state they install locally, by check-and-set (a
-concurrent writer is never overwritten), and never lower it unless forced. These run
+``show`` reads a chain's watermark (a linearizable read) and says who wrote it; ``init``
+creates a missing one from the local state, and only a missing one (the sign path never
+creates it: :mod:`kms.ha.store`); ``import``/``set`` raise it to the state they install
+locally, by check-and-set (a concurrent writer is never overwritten), creating it if
+missing, and never lower it unless forced. These run
 outside the sign path, in a CLI process: bound them with a cancel scope
 (``trio.fail_after``) as every call of the client.
 """
@@ -20,7 +22,14 @@ from kms.ha.errors import EtcdCause, EtcdError
 from kms.ha.watermark import Stored, Watermark, format_watermark, new_nonce, watermark_key
 from kms.ha.wire import RangeResult
 
-__all__ = ["RaiseOutcome", "Raised", "raise_watermark", "read_watermark", "watermark_key"]
+__all__ = [
+    "RaiseOutcome",
+    "Raised",
+    "create_watermark",
+    "raise_watermark",
+    "read_watermark",
+    "watermark_key",
+]
 
 
 async def read_watermark(client: EtcdClient, key: bytes) -> Stored:
@@ -32,6 +41,7 @@ class RaiseOutcome(enum.Enum):
     RAISED = "raised"  # the watermark now holds the state
     UNCHANGED = "unchanged"  # it was already at or past the state's height/round/step
     MALFORMED = "malformed"  # the key holds no watermark; left alone (use force)
+    EXISTS = "exists"  # create_watermark: there already is one, left as it is
 
 
 @attrs.frozen
@@ -59,15 +69,38 @@ async def raise_watermark(
                 return Raised(RaiseOutcome.MALFORMED, stored)
             if stored.watermark is not None and stored.watermark.state.hrs >= state.hrs:
                 return Raised(RaiseOutcome.UNCHANGED, stored)
-        nonce = new_nonce()
-        op = CasOp(key, stored.mod_revision, format_watermark(state, host, nonce), nonce)
-        result = await client.txn(encode(op.txn()))
-        answer = result.responses[0] if result.responses else None
-        if result.succeeded:
-            revision = answer if isinstance(answer, int) and answer else result.revision
-            return Raised(RaiseOutcome.RAISED, Stored(revision, Watermark(state, host, nonce)))
-        if not isinstance(answer, RangeResult):
-            raise EtcdError(
-                EtcdCause.PROTOCOL, "a failed check-and-set reply lacks the key's value", sent=True
-            )
-        stored = Stored.from_range(answer, key)  # someone else wrote meanwhile: decide again
+        put = await _put(client, key, stored.mod_revision, state, host)
+        if isinstance(put, Raised):
+            return put
+        stored = put  # someone else wrote meanwhile: decide again
+
+
+async def create_watermark(client: EtcdClient, key: bytes, state: SignState, host: str) -> Raised:
+    """Create the watermark at ``key`` holding ``state`` (written by ``host``), if missing.
+
+    One txn whose compare is ``CREATE(key) == 0``: RAISED when it created the key, else
+    EXISTS (or MALFORMED) with what the key holds, left as it is. EtcdError when etcd
+    cannot be asked (``sent``: the key may have been created; running it again tells).
+    """
+    put = await _put(client, key, 0, state, host)
+    if isinstance(put, Raised):
+        return put
+    return Raised(RaiseOutcome.MALFORMED if put.problem is not None else RaiseOutcome.EXISTS, put)
+
+
+async def _put(
+    client: EtcdClient, key: bytes, revision: int, state: SignState, host: str
+) -> Raised | Stored:
+    """One check-and-set of ``state`` at ``revision`` (0: create): RAISED, or what is there."""
+    nonce = new_nonce()
+    op = CasOp(key, revision, format_watermark(state, host, nonce), nonce)
+    result = await client.txn(encode(op.txn()))
+    answer = result.responses[0] if result.responses else None
+    if result.succeeded:
+        revision = answer if isinstance(answer, int) and answer else result.revision
+        return Raised(RaiseOutcome.RAISED, Stored(revision, Watermark(state, host, nonce)))
+    if not isinstance(answer, RangeResult):
+        raise EtcdError(
+            EtcdCause.PROTOCOL, "a failed check-and-set reply lacks the key's value", sent=True
+        )
+    return Stored.from_range(answer, key)

@@ -8,20 +8,22 @@ group commit of :mod:`kms.ha.batch`) and feeds the answers back. Each step:
 * With nothing known about the key, the op is a linearizable read (:class:`ReadOp`).
 * Knowing what is stored, the double-sign rule (:func:`kms.chain.state.check`) is applied
   to it. Accepted: the op is a txn (:class:`CasOp`) whose compare is ``MOD(key) ==
-  mod_revision`` of that value (``CREATE(key) == 0`` for a missing key), whose success
-  branch puts the new watermark (with a fresh nonce) and whose failure branch reads the
-  key. Refused, or malformed: that is the decision, provided the value was read during
-  this check-and-set; a value remembered from an earlier one is re-read first.
+  mod_revision`` of that value (``CREATE(key) == 0``, creating the key, is only for
+  ``tmkms state init``: see below), whose success branch puts the new watermark (with a
+  fresh nonce) and whose failure branch reads the key. Refused, or malformed: that is the
+  decision, provided the value was read during this check-and-set; a value remembered from
+  an earlier one is re-read first.
 * A txn that succeeded: won. One that failed returns the current value in the same round
   trip (its failure branch): if it carries our nonce, an earlier copy of this same txn was
   applied (won); otherwise another writer moved the watermark (a lost compare): back to
   the rule with the new value.
-* ``floor`` is the highest ``mod_revision`` of the key its store has seen (0 before first
-  contact: only then may a missing key be created, compare ``CREATE(key) == 0``). etcd's
-  revisions only grow, so a key read below the floor lost its history: missing (deleted,
-  or etcd lost it), or older (etcd restored from an older backup). Nothing in etcd then
-  tells what another host signed since: the machine decides MALFORMED, never writes.
-  ``highest`` is the highest revision it met, the store's next floor.
+* A missing key is never created here: it was never created (``tmkms state init`` does
+  that, an operator's decision), or it was deleted, or etcd lost it, and nothing in etcd
+  then tells what another host signed: the machine decides MALFORMED (its ``problem``:
+  :data:`MISSING`), never writes. ``floor`` is the highest ``mod_revision`` of the key its
+  store has seen. etcd's revisions only grow, so a key read below the floor lost its
+  history (etcd restored from an older backup): MALFORMED too. ``highest`` is the highest
+  revision it met, the store's next floor.
 * A txn with no answer that may have reached etcd leaves the machine *ambiguous*: the next
   op is the identical txn again, whose answer is definitive for both copies, because the
   compare can hold for at most one of them, and not at all once anyone moved the key.
@@ -49,7 +51,7 @@ from kms.ha.watermark import Stored, Watermark, format_watermark, new_nonce
 from kms.ha.wire import RangeResult, TxnResult, b64
 
 __all__ = [
-    "GONE",
+    "MISSING",
     "CasMachine",
     "CasOp",
     "Decision",
@@ -103,11 +105,12 @@ class CasOp:
 
 Op = ReadOp | CasOp
 
-#: Why a key found missing after first contact (see :class:`CasMachine`) is refused.
-GONE = (
-    "the key is gone (the watermark was there; it was deleted, or etcd lost it): nothing "
-    "tells what another host signed; restore it with `tmkms state set` at or above every "
-    "host's state"
+#: Why a missing key is refused (see :class:`CasMachine` and :func:`plan_reconcile`).
+MISSING = (
+    "no watermark under the key: never created, or deleted, or etcd lost its data; nothing "
+    "tells what another host signed. A new cluster: run `tmkms state init` once, on the host "
+    "with the latest state; a lost watermark: `tmkms state set CHAIN_ID HEIGHT` above every "
+    "host's last signed height"
 )
 
 
@@ -203,9 +206,10 @@ class CasMachine:
         self._plan(stored)
 
     def _plan(self, stored: Stored) -> None:
-        if stored.fresh and stored.mod_revision < self._floor:
-            lost = GONE if stored.missing else went_back(stored.mod_revision, self._floor)
-            stored = attrs.evolve(stored, problem=lost)
+        if stored.fresh and stored.missing:
+            stored = attrs.evolve(stored, problem=MISSING)
+        elif stored.fresh and stored.mod_revision < self._floor:
+            stored = attrs.evolve(stored, problem=went_back(stored.mod_revision, self._floor))
         elif stored.fresh:
             self.highest = max(self.highest, stored.mod_revision)
         refusal = None
@@ -231,7 +235,7 @@ class CasMachine:
 class ReconcileAction(enum.Enum):
     """What first contact does with the local state and the stored watermark."""
 
-    CREATE = "created"  # no key yet: store the local state
+    MISSING = "missing"  # no key: refused until `tmkms state init` creates it
     RAISE = "raised"  # the watermark is behind the local state: move it up
     ADOPT = "adopted"  # the watermark is ahead: save it as the local state
     UNCHANGED = "unchanged"  # they agree
@@ -244,7 +248,7 @@ def plan_reconcile(local: SignState, stored: Stored) -> ReconcileAction:
     if stored.problem is not None:
         return ReconcileAction.MALFORMED
     if stored.watermark is None:
-        return ReconcileAction.CREATE
+        return ReconcileAction.MISSING
     shared = stored.watermark.state
     if shared == local:
         return ReconcileAction.UNCHANGED

@@ -59,6 +59,7 @@ class RefusalCause(enum.Enum):
     AMBIGUOUS = "ambiguous"
     RULE = "rule"
     MALFORMED = "malformed"
+    MISSING = "missing"  # no watermark under the key: created by `tmkms state init` only
     AUTH = "auth"
     TLS = "tls"
     PROTOCOL = "protocol"

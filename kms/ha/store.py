@@ -15,9 +15,9 @@ signature) after one ERROR line naming the chain and the cause, and one observer
 * refused: ``cas_refused(chain, cause)``, cause one of unreachable, unavailable (no
   leader), ambiguous (a txn may have been applied and no definitive answer came in time),
   rule (the watermark forbids it, and this process wrote it: an abandoned txn applied
-  late), malformed (the key holds no watermark; or, after first contact, it is missing or
-  older than a revision seen before: deleted, or etcd restored from a backup; a missing
-  key is created at first contact only), auth, tls, protocol.
+  late), malformed (the key holds no watermark; or it is older than a revision seen
+  before: etcd restored from a backup), missing (no key: never created, or deleted, or
+  etcd lost it; only `tmkms state init` creates it), auth, tls, protocol.
 
 Unreachable, unavailable and protocol errors are retried (briefly backing off, the client
 moving on to the next member) until the timeout; auth and TLS errors end the attempt at
@@ -35,10 +35,14 @@ it in the state file's place once the check-and-set is won, or drops it. The sta
 never holds a state whose check-and-set was not won.
 
 First contact (:meth:`reconcile`, also run lazily by the first ``save``) brings the two
-states together: a missing key is created from the local state, a watermark behind it is
-raised to it (check-and-set, so a concurrent writer is never overwritten), and a watermark
-ahead of it is saved as the local state. What happened is returned (and kept in
-``last_reconcile``), so the caller can adopt the new local state in memory.
+states together: a watermark behind the local state is raised to it (check-and-set, so a
+concurrent writer is never overwritten), and a watermark ahead of it is saved as the local
+state. What happened is returned (and kept in ``last_reconcile``), so the caller can adopt
+the new local state in memory. A missing key is *not* created (the spec said so; it is not
+safe): nothing tells a key never created from one etcd lost, and a host whose local state
+is behind what another host signed would create it low and sign that step again. First
+contact refuses (cause missing) until an operator creates it with ``tmkms state init``,
+then succeeds at the next try: every ``save``, and the watcher once a second.
 """
 
 from __future__ import annotations
@@ -54,7 +58,16 @@ import trio
 from kms.chain.durable import PreparedSave, PreparingStore, StateStore
 from kms.chain.state import SignState, describe_refusal
 from kms.ha.batch import Pending, TxnBatcher
-from kms.ha.cas import CasMachine, CasOp, Decision, ReadOp, ReconcileAction, Verdict, plan_reconcile
+from kms.ha.cas import (
+    MISSING,
+    CasMachine,
+    CasOp,
+    Decision,
+    ReadOp,
+    ReconcileAction,
+    Verdict,
+    plan_reconcile,
+)
 from kms.ha.client import EtcdClient
 from kms.ha.errors import EtcdCause, EtcdError, HaDoubleSignRefused, HaRefused, RefusalCause
 from kms.ha.outcome import CasObserver, Reconciled, Silent
@@ -268,7 +281,9 @@ class SharedWatermarkStore:
             action = plan_reconcile(local, stored)
             if action is ReconcileAction.MALFORMED:
                 raise _Stop(RefusalCause.MALFORMED, _malformed(self.key, stored))
-            if action in (ReconcileAction.CREATE, ReconcileAction.RAISE):
+            if action is ReconcileAction.MISSING:
+                raise _Stop(RefusalCause.MISSING, _missing(self.key))
+            if action is ReconcileAction.RAISE:
                 decision = await self._drive(CasMachine(self.key, local, self._host, known=stored))
                 if decision.verdict is not Verdict.WON:
                     stored = decision.stored  # someone moved it meanwhile: decide again
@@ -312,8 +327,6 @@ class SharedWatermarkStore:
                 "they are; requests are checked against both",
                 chain, done.shared, done.writer, done.local,
             )  # fmt: skip
-        elif action is ReconcileAction.CREATE:
-            log.info("[%s] shared watermark created at %s", chain, done.shared)
         elif action is not ReconcileAction.UNCHANGED:
             log.warning(
                 "[%s] shared watermark %s: local %s, shared %s (by %s)",
@@ -322,6 +335,8 @@ class SharedWatermarkStore:
 
     def _judged(self, state: SignState, decision: Decision) -> HaRefused:
         stored = decision.stored
+        if stored.missing:
+            return self._refused(state, RefusalCause.MISSING, _missing(self.key))
         if decision.verdict is Verdict.MALFORMED or stored.watermark is None:
             return self._refused(state, RefusalCause.MALFORMED, _malformed(self.key, stored))
         assert decision.refusal is not None
@@ -348,6 +363,10 @@ class SharedWatermarkStore:
 def _discard(prepared: list[PreparedSave]) -> None:
     for early in prepared:
         early.discard()  # the state file never held it
+
+
+def _missing(key: bytes) -> str:
+    return f"etcd key {key.decode(errors='replace')}: {MISSING}"
 
 
 def _malformed(key: bytes, stored: Stored) -> str:

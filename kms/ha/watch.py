@@ -3,7 +3,11 @@
 :func:`watch_etcd` pings the cluster once a second (``/readyz`` and ``tmkms_etcd_reachable``
 follow it) and brings each chain's local state and shared watermark together on first
 contact (:meth:`kms.ha.store.SharedWatermarkStore.reconcile`): a KMS starts without etcd,
-refusing to sign, and reconciles as soon as a member answers. A watermark found ahead of the
+refusing to sign, and reconciles as soon as a member answers. A first contact that etcd
+answers with a refusal (no watermark yet, a malformed one, credentials refused) is one
+ERROR line naming the chain and what to do, not repeated while the cause stays the same,
+and is tried again every round: a key created by ``tmkms state init`` is picked up within a
+second. A watermark found ahead of the
 local state was saved locally by the store; the chain's tracker then reads it, so its next
 check starts from there.
 """
@@ -18,6 +22,7 @@ import trio
 from kms.chain.tracker import ChainTracker
 from kms.errors import KmsError
 from kms.ha.cas import ReconcileAction
+from kms.ha.errors import HaRefused, RefusalCause
 from kms.ha.shared import SharedWatermarks
 from kms.ha.store import SharedWatermarkStore
 from kms.ops.stats import HaMetrics
@@ -27,6 +32,9 @@ __all__ = ["PING_INTERVAL", "watch_etcd"]
 log = logging.getLogger("kms.ha")
 
 PING_INTERVAL = 1.0  # seconds between pings of the cluster
+#: First-contact refusals etcd answered (not a lost connection): worth an ERROR line, as
+#: any other error (the local state file).
+_ANSWERED = (RefusalCause.MISSING, RefusalCause.MALFORMED, RefusalCause.AUTH, RefusalCause.TLS)
 
 
 async def watch_etcd(
@@ -36,13 +44,14 @@ async def watch_etcd(
     interval: float = PING_INTERVAL,
 ) -> None:
     """Ping and reconcile until cancelled (see the module docstring)."""
+    reported: dict[str, str] = {}  # chain -> the refusal of its first contact last logged
     while True:
         await _ping(ha, metrics, deadline=trio.current_time() + interval)
         if metrics.reachable:
             for tracker in list(trackers().values()):
                 store = tracker.store
                 if isinstance(store, SharedWatermarkStore) and store.last_reconcile is None:
-                    await _reconcile(tracker, store)
+                    await _reconcile(tracker, store, reported)
         await trio.sleep(interval)
 
 
@@ -61,15 +70,24 @@ async def _ping(ha: SharedWatermarks, metrics: HaMetrics, *, deadline: float) ->
         metrics.set_reachable(True, ha.client.endpoint, None)
 
 
-async def _reconcile(tracker: ChainTracker, store: SharedWatermarkStore) -> None:
+async def _reconcile(
+    tracker: ChainTracker, store: SharedWatermarkStore, reported: dict[str, str]
+) -> None:
+    chain = tracker.chain_id
     try:
         done = await store.reconcile()
-    except KmsError as exc:  # logged by the store; tried again at the next round
-        log.debug("[%s] first contact with etcd not done: %s", tracker.chain_id, exc)
+    except KmsError as exc:  # tried again at the next round
+        transient = isinstance(exc, HaRefused) and exc.cause not in _ANSWERED
+        if not transient and reported.get(chain) != str(exc):
+            log.error("[%s] first contact with etcd refused: %s", chain, exc)
+            reported[chain] = str(exc)
+        else:
+            log.debug("[%s] first contact with etcd not done: %s", chain, exc)
         return
+    reported.pop(chain, None)
     log.info(
         "[%s] shared watermark %s: local %s, shared %s (written by %s)",
-        tracker.chain_id, done.action.value, done.local, done.shared, done.writer,
+        chain, done.action.value, done.local, done.shared, done.writer,
     )  # fmt: skip
     if done.action is ReconcileAction.ADOPT:
         await tracker.open()  # the store saved the watermark as the local state

@@ -76,6 +76,7 @@ REFUSAL_REASONS = (
     "ha_ambiguous",
     "ha_rule",
     "ha_malformed",
+    "ha_missing",
     "ha_auth",
     "ha_tls",
     "ha_protocol",

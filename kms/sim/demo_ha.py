@@ -2,7 +2,8 @@
 
 What it shows, in about half a minute, on loopback and temporary folders only:
 
-1. a 3-member etcd cluster (the installed ``etcd``, :mod:`kms.sim.etcd`);
+1. a 3-member etcd cluster (the installed ``etcd``, :mod:`kms.sim.etcd`), and the chain's
+   shared watermark created in it by `tmkms state init`, as an operator does once;
 2. two real `tmkms start` processes, ``kms-a`` and ``kms-b``, sharing one consensus key,
    each with its own home, state file, Secret Connection identity and ``[etcd] host``,
    each dialled by its own simulated node (their log lines are relayed, prefixed with the
@@ -342,6 +343,8 @@ async def _with_cluster(root: Path, cluster: LocalEtcd) -> int:
                     config = write_ha_home(
                         host.home, host.name, host.node.address, consensus, cluster.endpoints
                     )
+                    if host is hosts[0]:
+                        await _state_init(config)
                     say(f"starting `tmkms start -c {config}` as {host.name}")
                     host.process = await trio.lowlevel.open_process(
                         [sys.executable, "-m", "kms", "start", "-c", str(config)],
@@ -359,6 +362,22 @@ async def _with_cluster(root: Path, cluster: LocalEtcd) -> int:
         with trio.CancelScope(shield=True):
             for host in hosts:
                 await host.node.aclose()
+
+
+async def _state_init(config: Path) -> None:
+    """`tmkms state init`: the operator's one step on a new etcd (start never creates keys)."""
+    say(f"creating the shared watermark: `tmkms state init -c {config}`")
+    done = await trio.run_process(
+        [sys.executable, "-m", "kms", "state", "init", "-c", str(config)],
+        stdin=subprocess.DEVNULL,
+        capture_stdout=True,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    for line in done.stdout.decode(errors="replace").splitlines():
+        say(f"  {line}")
+    if done.returncode != 0:
+        raise KmsError(f"tmkms state init exited with {done.returncode}")
 
 
 async def _scenario(hosts: list[Host], cluster: LocalEtcd, key: VerifyKey) -> int:
