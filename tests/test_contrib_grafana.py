@@ -96,6 +96,13 @@ def _uses(query: Query, metric: str, by: Collection[str]) -> bool:
         ("reconnects", "tmkms_validator_reconnects_total", set(), ""),
         ("provider health", "tmkms_provider_reachable", {"provider"}, ""),
         ("signer errors", "tmkms_provider_signer_errors_total", {"provider"}, ""),
+        # high availability ([etcd]), per KMS host
+        ("etcd reachability", "tmkms_etcd_reachable", {"instance"}, ""),
+        ("check-and-sets by outcome", "tmkms_ha_cas_total", {"instance", "outcome", "cause"}, ""),
+        ("lost share", "tmkms_ha_cas_total", {"instance", "chain_id"}, 'outcome="lost"'),
+        ("refused share", "tmkms_ha_cas_total", {"instance", "chain_id"}, 'outcome="refused"'),
+        ("p99 check-and-set latency", "tmkms_ha_cas_duration_seconds_bucket", {"instance", "le"},
+         "histogram_quantile(0.99,"),
     ],
 )  # fmt: skip
 def test_the_dashboard_shows(what: str, metric: str, by: set[str], text: str) -> None:

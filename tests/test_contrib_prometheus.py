@@ -26,6 +26,11 @@ REQUIRED_ALERTS = {
     "TmkmsProviderUnreachable": "HSM unreachable",
     "TmkmsSignLatencyHigh": "p99 sign latency above a threshold",
     "TmkmsDown": "process down",
+    # high availability ([etcd])
+    "TmkmsEtcdUnreachable": "etcd unreachable for some time: this host refuses every signature",
+    "TmkmsHaCheckAndSetsRefused": "check-and-sets refused, by cause, at a steady rate",
+    "TmkmsHaCheckAndSetsLost": "a sustained high share of check-and-sets lost to other hosts",
+    "TmkmsHaCheckAndSetLatencyHigh": "check-and-set p99 high relative to block times",
 }
 
 
@@ -87,6 +92,19 @@ MUTATIONS = [
         "tmkms_validator_handshake_failures_total[10m]",
         "tmkms_validator_handshake_failures_total[1m]",
     ),
+    # high availability
+    ("tmkms_etcd_reachable == 0\n        for: 1m", "tmkms_etcd_reachable == 0\n        for: 0m"),
+    ("tmkms_etcd_reachable == 0", "tmkms_etcd_reachable == 1"),
+    ('tmkms_ha_cas_total{outcome="refused"}[5m]', 'tmkms_ha_cas_total{outcome=~".+"}[5m]'),
+    ("sum by (instance, chain_id, cause) (", "sum by (instance, chain_id) ("),
+    ("> 0.05\n        for: 5m", "> 0.5\n        for: 5m"),
+    ("> 0.05\n        for: 5m", "> 0.05\n        for: 3m"),
+    ('{outcome=~"won|lost"}[10m]', "[10m]"),
+    ("> 0.5\n        for: 10m", "> 0.8\n        for: 10m"),
+    ("0.1 / max by (instance)", "1 / max by (instance)"),
+    ("max by (instance) (clamp_min(", "min by (instance) (clamp_min("),
+    ("0.25\n          )", "2.5\n          )"),
+    ("sum by (instance, le)", "sum by (le)"),
 ]
 
 
