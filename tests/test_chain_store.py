@@ -559,33 +559,57 @@ def test_save_all_fsyncs_every_file_renames_then_fsyncs_each_folder_once(
     assert _leftovers(tmp_path) == []
 
 
-def test_save_all_fsyncs_the_files_side_by_side_in_a_few_lanes(
+def test_save_all_fsyncs_the_files_side_by_side(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """c0's fsync waits until the other lanes' fsyncs have begun: only side by side can it;
-    and no more fsyncs run at once than there are lanes."""
+    """c0's fsync waits until every other file's fsync has begun: only side by side can it."""
     files = _five_files(tmp_path)
+    others_entered = threading.Semaphore(0)
+    real_fsync = os.fsync
+    released_by_others = []
+
+    def fsync(fd: int) -> None:
+        path = _fd_path(fd)
+        if ".c0.json." in path:
+            released_by_others.append(all(others_entered.acquire(timeout=5) for _ in range(4)))
+        elif not stat.S_ISDIR(os.fstat(fd).st_mode):
+            others_entered.release()
+        real_fsync(fd)
+
+    monkeypatch.setattr(store_module.os, "fsync", fsync)
+    outcomes = store_module.save_all(list(zip(files, _states(5), strict=True)))
+    monkeypatch.undo()
+    assert outcomes == [None] * 5
+    assert released_by_others == [True]
+    assert [f.load() for f in files] == _states(5)
+
+
+def test_a_large_batch_fsyncs_in_a_few_lanes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past a thread per file, c0's fsync still waits for the other lanes' first fsyncs,
+    and no more fsyncs than lanes ever run at once."""
+    count = store_module._THREAD_EACH_UP_TO + 4
+    lanes = store_module._FSYNC_LANES
+    files = [StateFile(tmp_path / f"c{i}.json") for i in range(count)]
+    states = [SignState(i + 1, 0, 0) for i in range(count)]
     others_entered = threading.Semaphore(0)
     real_fsync = os.fsync
     released_by_others = []
     lock = threading.Lock()
     running, most = 0, 0
-    lanes = store_module._FSYNC_LANES
-    assert 1 < lanes < 5
 
     def fsync(fd: int) -> None:
         nonlocal running, most
-        path = _fd_path(fd)
         if stat.S_ISDIR(os.fstat(fd).st_mode):
             real_fsync(fd)
             return
         with lock:
             running += 1
             most = max(most, running)
-        if ".c0.json." in path:
-            released_by_others.append(
-                all(others_entered.acquire(timeout=5) for _ in range(lanes - 1))
-            )
+        if ".c0.json." in _fd_path(fd):
+            waits = [others_entered.acquire(timeout=5) for _ in range(lanes - 1)]
+            released_by_others.append(all(waits))
         else:
             others_entered.release()
         real_fsync(fd)
@@ -593,12 +617,12 @@ def test_save_all_fsyncs_the_files_side_by_side_in_a_few_lanes(
             running -= 1
 
     monkeypatch.setattr(store_module.os, "fsync", fsync)
-    outcomes = store_module.save_all(list(zip(files, _states(5), strict=True)))
+    outcomes = store_module.save_all(list(zip(files, states, strict=True)))
     monkeypatch.undo()
-    assert outcomes == [None] * 5
+    assert outcomes == [None] * count
     assert released_by_others == [True]
-    assert 2 <= most <= lanes  # c0 waited beside another, never more than the lanes
-    assert [f.load() for f in files] == _states(5)
+    assert 2 <= most <= lanes  # c0 waited beside another lane, never more than the lanes
+    assert [f.load() for f in files] == states
 
 
 @pytest.mark.parametrize(

@@ -310,8 +310,9 @@ def _sync_temps(
 
     One after another, each fsync waits for its own journal commit and disk cache flush;
     side by side the filesystem and the disk merge them (figures in benchmarks/README.md).
-    They run in a few lanes, each a thread fsyncing its share one after another: a thread
-    per file cost two GIL hand-offs per file against the busy event loop.
+    A small batch takes a thread per file; a large one runs in a few lanes, each a thread
+    fsyncing its share one after another (a thread per file cost two GIL hand-offs per file
+    against the busy event loop).
     A failed item gets its StateError (temp removed); anything else is raised once every
     fsync has returned.
     """
@@ -325,7 +326,8 @@ def _sync_temps(
         return None
 
     if len(pending) >= _PARALLEL_FROM:
-        lanes = [pending[lane::_FSYNC_LANES] for lane in range(_FSYNC_LANES)]
+        width = len(pending) if len(pending) <= _THREAD_EACH_UP_TO else _FSYNC_LANES
+        lanes = [pending[lane::width] for lane in range(width)]
         synced = _fsync_pool().map(lambda lane: [sync(index) for index in lane], lanes)
         found = dict(zip(itertools.chain(*lanes), itertools.chain(*synced), strict=True))
         errors = [found[index] for index in pending]
@@ -341,11 +343,13 @@ def _sync_temps(
         raise unexpected
 
 
-# Lanes of side-by-side fsyncs (and the pool's threads). With 50 chains signing flat out, 3
-# lanes took 15-20% less of the KMS's CPU per signature than a thread per file, and with
-# [etcd] gave 1,540-1,660 signatures/s instead of 1,340-1,490 (figures in
-# benchmarks/README.md).
+# Side-by-side fsyncs: a thread per file up to _THREAD_EACH_UP_TO files (the pool's size),
+# _FSYNC_LANES lanes beyond. With 50 chains signing flat out (batches of 11-25), the lanes
+# took 15-20% less of the KMS's CPU per signature than a thread per file, and with [etcd]
+# gave 1,600-1,800 signatures/s instead of 1,340-1,490; lanes for small batches too (50
+# chains paced at 1,500 signatures/s) made the p99 about 2 ms worse (benchmarks/README.md).
 _FSYNC_LANES = 3
+_THREAD_EACH_UP_TO = 8
 # Fewer files than this are fsync'd one by one: handing two to the pool's threads cost more
 # (each must win the GIL from the busy event loop) than the second fsync it saved.
 _PARALLEL_FROM = 3
@@ -356,9 +360,8 @@ _pool_lock = threading.Lock()
 def _fsync_pool() -> concurrent.futures.ThreadPoolExecutor:
     with _pool_lock:
         if not _pool:
-            _pool.append(
-                concurrent.futures.ThreadPoolExecutor(_FSYNC_LANES, thread_name_prefix="fsync")
-            )
+            pool = concurrent.futures.ThreadPoolExecutor(_THREAD_EACH_UP_TO, "fsync")
+            _pool.append(pool)
         return _pool[0]
 
 
