@@ -19,11 +19,12 @@ skipped, and every rule and query is still checked against what `kms.ops.exposit
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,31 @@ def grafana_query(expr: str) -> str:
     return expr
 
 
+@contextlib.asynccontextmanager
+async def scraped_signing_kms(
+    config: Path,
+    chain: str,
+    node_port: int,
+    tmp_path: Path,
+    make_signer: Callable[[SignerClient], Signer],
+) -> AsyncIterator[tuple[PrometheusServer, Signer, SignerClient]]:
+    """`tmkms start` with ``config`` dialled by a simulated node of ``chain`` (on
+    ``node_port``) whose :class:`Signer` keeps asking, and a real Prometheus scraping it
+    with the rules: the server, the signer and the node's end of the connection."""
+    address = Address(scheme="tcp", host="127.0.0.1", port=node_port)
+    async with (
+        tmkms_start(config) as kms,
+        simulated_node(chain, address) as node,
+        trio.open_nursery() as nursery,
+    ):
+        target = (await metrics_base(kms)).removeprefix("http://")
+        client = await node.accept()
+        signer = make_signer(client)
+        nursery.start_soon(signer.run)
+        async with prometheus_server(tmp_path / "prometheus", {JOB: target}, [RULES]) as prom:
+            yield prom, signer, client
+
+
 async def test_rules_and_dashboard_query_only_series_a_signing_kms_exports(
     tmp_path: Path,
 ) -> None:
@@ -326,63 +352,56 @@ async def test_rules_and_dashboard_query_only_series_a_signing_kms_exports(
     node_port = free_tcp_port()
     config = write_home(tmp_path, chain, node_port)
     with trio.fail_after(120):
-        async with (
-            tmkms_start(config) as kms,
-            simulated_node(chain, Address(scheme="tcp", host="127.0.0.1", port=node_port)) as node,
-            trio.open_nursery() as nursery,
+        async with scraped_signing_kms(config, chain, node_port, tmp_path, Signer) as (
+            prom,
+            signer,
+            client,
         ):
-            target = (await metrics_base(kms)).removeprefix("http://")
-            client = await node.accept()
-            signer = Signer(client)
-            nursery.start_soon(signer.run)
-            async with prometheus_server(tmp_path / "prometheus", {JOB: target}, [RULES]) as prom:
-                # three scrapes while signing, and every rule evaluated since
-                await prom.wait_for(
-                    f'count_over_time(tmkms_signatures_total{{job="{JOB}"}}[1m]) >= 3'
-                )
-                await prom.wait_for(f'sum(tmkms_signatures_total{{job="{JOB}"}}) > 0')
-                groups = await evaluated_rules(prom)
-                series = await prom.api("series", ("match[]", f'{{job="{JOB}"}}'))
-                index = index_series(series)
+            # three scrapes while signing, and every rule evaluated since
+            await prom.wait_for(f'count_over_time(tmkms_signatures_total{{job="{JOB}"}}[1m]) >= 3')
+            await prom.wait_for(f'sum(tmkms_signatures_total{{job="{JOB}"}}) > 0')
+            groups = await evaluated_rules(prom)
+            series = await prom.api("series", ("match[]", f'{{job="{JOB}"}}'))
+            index = index_series(series)
 
-                # Without [etcd] the HA series do not exist: those rules and panels are the
-                # [etcd] run's (below).
-                uses = [u for u in rule_uses(groups) + dashboard_uses() if not u.needs_etcd]
-                ha_rules = {u.where for u in rule_uses(groups) if u.needs_etcd}
-                assert ha_rules == {f"rule {n}" for n in HA_ALERTS}
-                assert len(rule_uses(groups)) - len(ha_rules) >= 8
-                checked = {m for u in uses for m in references(substitute(u.expr)).metrics}
-                assert len(checked) >= 15, checked
-                problems = drift_problems(uses, index)
-                assert not problems, "drift from the scrape:\n" + "\n".join(problems)
+            # Without [etcd] the HA series do not exist: those rules and panels are the
+            # [etcd] run's (below).
+            uses = [u for u in rule_uses(groups) + dashboard_uses() if not u.needs_etcd]
+            ha_rules = {u.where for u in rule_uses(groups) if u.needs_etcd}
+            assert ha_rules == {f"rule {n}" for n in HA_ALERTS}
+            assert len(rule_uses(groups)) - len(ha_rules) >= 8
+            checked = {m for u in uses for m in references(substitute(u.expr)).metrics}
+            assert len(checked) >= 15, checked
+            problems = drift_problems(uses, index)
+            assert not problems, "drift from the scrape:\n" + "\n".join(problems)
 
-                # Prometheus evaluated every rule on this data without an error, and a
-                # healthy run fires nothing.
-                for group in groups:
-                    for rule in group["rules"]:
-                        assert rule["health"] == "ok", rule
-                        assert rule["state"] != "firing", rule
-                # Every dashboard query runs; those without a "> 0" filter show data.
-                for query in dashboard_queries():
-                    result = await prom.query(grafana_query(query.expr))
-                    shown = Use(query.where, query.expr)
-                    if not shown.needs_etcd and not FILTERED.search(query.expr):
-                        assert result, f"{query.where} shows nothing: {query.expr}"
+            # Prometheus evaluated every rule on this data without an error, and a
+            # healthy run fires nothing.
+            for group in groups:
+                for rule in group["rules"]:
+                    assert rule["health"] == "ok", rule
+                    assert rule["state"] != "firing", rule
+            # Every dashboard query runs; those without a "> 0" filter show data.
+            for query in dashboard_queries():
+                result = await prom.query(grafana_query(query.expr))
+                shown = Use(query.where, query.expr)
+                if not shown.needs_etcd and not FILTERED.search(query.expr):
+                    assert result, f"{query.where} shows nothing: {query.expr}"
 
-                # The node asks for a conflicting precommit: the alert fires, on real data.
-                signer.stop.set()
-                await signer.stopped.wait()
-                conflicting = make_vote(
-                    SignedMsgType.PRECOMMIT, signer.height, 0, random_block_id(signer.rng)
-                )
-                assert (await client.sign_vote(conflicting)).error is not None
-                (alert,) = await prom.wait_for(
-                    'ALERTS{alertname="TmkmsDoubleSignRefused", alertstate="firing"}'
-                )
-                labels = alert["metric"]
-                assert labels["chain_id"] == chain and labels["reason"] == "double_sign"
-                assert labels["validator"] == f"tcp://127.0.0.1:{node_port}"
-                assert labels["severity"] == "critical"
+            # The node asks for a conflicting precommit: the alert fires, on real data.
+            signer.stop.set()
+            await signer.stopped.wait()
+            conflicting = make_vote(
+                SignedMsgType.PRECOMMIT, signer.height, 0, random_block_id(signer.rng)
+            )
+            assert (await client.sign_vote(conflicting)).error is not None
+            (alert,) = await prom.wait_for(
+                'ALERTS{alertname="TmkmsDoubleSignRefused", alertstate="firing"}'
+            )
+            labels = alert["metric"]
+            assert labels["chain_id"] == chain and labels["reason"] == "double_sign"
+            assert labels["validator"] == f"tcp://127.0.0.1:{node_port}"
+            assert labels["severity"] == "critical"
             await client.aclose()
 
 
@@ -431,108 +450,99 @@ async def test_ha_rules_and_dashboard_on_a_kms_with_etcd(
     rng = random.Random(15)
 
     with trio.fail_after(180):
-        async with (
-            tmkms_start(config) as kms,
-            simulated_node(chain, Address(scheme="tcp", host="127.0.0.1", port=node_port)) as node,
-            trio.open_nursery() as nursery,
-        ):
-            target = (await metrics_base(kms)).removeprefix("http://")
-            node_client = await node.accept()
-            signer = Signer(node_client, rng, pause=0.5)
-            nursery.start_soon(signer.run)
-            async with prometheus_server(tmp_path / "prometheus", {JOB: target}, [RULES]) as prom:
-                # A healthy HA run: won check-and-sets over three scrapes, every rule
-                # evaluated since; nothing fires, and the HA alerts are not even pending
-                # (the latency alert may be: its threshold follows this test's fast blocks).
-                await prom.wait_for(
-                    f'count_over_time(tmkms_ha_cas_total{{job="{JOB}", outcome="won"}}[1m]) >= 3'
-                )
-                await prom.wait_for(f'tmkms_etcd_reachable{{job="{JOB}"}} == 1')
-                groups = await evaluated_rules(prom)
-                states = rule_states(groups)
-                for alert in HA_ALERTS[:3]:
-                    assert states[alert] == "inactive", (alert, states)
-                assert "firing" not in states.values(), states
-                signer.stop.set()
-                await signer.stopped.wait()
+        async with scraped_signing_kms(
+            config, chain, node_port, tmp_path, lambda c: Signer(c, rng, pause=0.5)
+        ) as (prom, signer, node_client):
+            # A healthy HA run: won check-and-sets over three scrapes, every rule
+            # evaluated since; nothing fires, and the HA alerts are not even pending
+            # (the latency alert may be: its threshold follows this test's fast blocks).
+            await prom.wait_for(
+                f'count_over_time(tmkms_ha_cas_total{{job="{JOB}", outcome="won"}}[1m]) >= 3'
+            )
+            await prom.wait_for(f'tmkms_etcd_reachable{{job="{JOB}"}} == 1')
+            groups = await evaluated_rules(prom)
+            states = rule_states(groups)
+            for alert in HA_ALERTS[:3]:
+                assert states[alert] == "inactive", (alert, states)
+            assert "firing" not in states.values(), states
+            signer.stop.set()
+            await signer.stopped.wait()
 
-                # Another host signs far ahead: every request of this node is lost to it,
-                # until most of this host's check-and-sets are lost.
-                ahead = signer.height + 10_000
-                raised = await raise_watermark(
-                    client, key, SignState(ahead, 0, 0, BlockRef.NIL), "kms-other"
-                )
-                assert raised.outcome is RaiseOutcome.RAISED
-                height = signer.height
+            # Another host signs far ahead: every request of this node is lost to it,
+            # until most of this host's check-and-sets are lost.
+            ahead = signer.height + 10_000
+            raised = await raise_watermark(
+                client, key, SignState(ahead, 0, 0, BlockRef.NIL), "kms-other"
+            )
+            assert raised.outcome is RaiseOutcome.RAISED
+            height = signer.height
 
-                async def lose() -> None:
-                    nonlocal height
-                    for _ in range(10):
-                        height += 1
-                        vote = make_vote(SignedMsgType.PREVOTE, height, 0, random_block_id(rng))
-                        reply = await node_client.sign_vote(vote)
-                        assert reply.error is not None and reply.error.code == 2, reply
-                    await trio.sleep(0.2)
+            async def lose() -> None:
+                nonlocal height
+                for _ in range(10):
+                    height += 1
+                    vote = make_vote(SignedMsgType.PREVOTE, height, 0, random_block_id(rng))
+                    reply = await node_client.sign_vote(vote)
+                    assert reply.error is not None and reply.error.code == 2, reply
+                await trio.sleep(0.2)
 
-                await repeat_until(prom, pending("TmkmsHaCheckAndSetsLost"), lose, 40)
-                lost = await prom.wait_for(
-                    f'tmkms_refusals_total{{job="{JOB}", reason="ha_lost"}} > 0'
-                )
-                assert lost[0]["metric"]["chain_id"] == chain
+            await repeat_until(prom, pending("TmkmsHaCheckAndSetsLost"), lose, 40)
+            lost = await prom.wait_for(f'tmkms_refusals_total{{job="{JOB}", reason="ha_lost"}} > 0')
+            assert lost[0]["metric"]["chain_id"] == chain
 
-                # etcd loses its quorum: refused, then unreachable.
-                height = ahead
-                await trio.to_thread.run_sync(etcd.lose_quorum)
-                try:
+            # etcd loses its quorum: refused, then unreachable.
+            height = ahead
+            await trio.to_thread.run_sync(etcd.lose_quorum)
+            try:
 
-                    async def refused() -> None:
-                        nonlocal height
-                        height += 1
-                        vote = make_vote(SignedMsgType.PREVOTE, height, 0, random_block_id(rng))
-                        reply = await node_client.sign_vote(vote)
-                        assert reply.error is not None and reply.error.code == 1, reply
-
-                    await repeat_until(prom, pending("TmkmsHaCheckAndSetsRefused"), refused, 60)
-                    await prom.wait_for(pending("TmkmsEtcdUnreachable"))
-                finally:
-                    await trio.to_thread.run_sync(etcd.regain_quorum)
-
-                # Back: reachable, and this host signs again (above whatever a txn abandoned
-                # during the outage may have left).
-                await prom.wait_for(f'tmkms_etcd_reachable{{job="{JOB}"}} == 1', timeout=30)
-                height += 100
-
-                async def sign() -> None:
+                async def refused() -> None:
                     nonlocal height
                     height += 1
-                    block = random_block_id(rng)
-                    reply = await node_client.sign_proposal(make_proposal(height, 0, block))
-                    if reply.error is not None:
-                        await trio.sleep(0.2)
+                    vote = make_vote(SignedMsgType.PREVOTE, height, 0, random_block_id(rng))
+                    reply = await node_client.sign_vote(vote)
+                    assert reply.error is not None and reply.error.code == 1, reply
 
-                await repeat_until(
-                    prom,
-                    f'increase(tmkms_ha_cas_total{{job="{JOB}", outcome="won"}}[20s]) > 0',
-                    sign,
-                    30,
-                )
+                await repeat_until(prom, pending("TmkmsHaCheckAndSetsRefused"), refused, 60)
+                await prom.wait_for(pending("TmkmsEtcdUnreachable"))
+            finally:
+                await trio.to_thread.run_sync(etcd.regain_quorum)
 
-                # Every series, label and value the rules and the dashboard name now exists.
-                groups = await evaluated_rules(prom)
-                series = await prom.api("series", ("match[]", f'{{job="{JOB}"}}'))
-                index = index_series(series)
-                uses = rule_uses(groups) + dashboard_uses()
-                assert {u.where for u in uses if u.needs_etcd} >= {f"rule {n}" for n in HA_ALERTS}
-                problems = drift_problems(uses, index)
-                assert not problems, "drift from the [etcd] scrape:\n" + "\n".join(problems)
-                for group in groups:
-                    for rule in group["rules"]:
-                        assert rule["health"] == "ok", rule
-                # Losing to another host is no double-sign attempt of this validator's nodes.
-                assert rule_states(groups)["TmkmsDoubleSignRefused"] == "inactive"
-                # Every dashboard query shows data now, the HA panels included.
-                for query in dashboard_queries():
-                    result = await prom.query(grafana_query(query.expr))
-                    if not FILTERED.search(query.expr):
-                        assert result, f"{query.where} shows nothing: {query.expr}"
+            # Back: reachable, and this host signs again (above whatever a txn abandoned
+            # during the outage may have left).
+            await prom.wait_for(f'tmkms_etcd_reachable{{job="{JOB}"}} == 1', timeout=30)
+            height += 100
+
+            async def sign() -> None:
+                nonlocal height
+                height += 1
+                block = random_block_id(rng)
+                reply = await node_client.sign_proposal(make_proposal(height, 0, block))
+                if reply.error is not None:
+                    await trio.sleep(0.2)
+
+            await repeat_until(
+                prom,
+                f'increase(tmkms_ha_cas_total{{job="{JOB}", outcome="won"}}[20s]) > 0',
+                sign,
+                30,
+            )
+
+            # Every series, label and value the rules and the dashboard name now exists.
+            groups = await evaluated_rules(prom)
+            series = await prom.api("series", ("match[]", f'{{job="{JOB}"}}'))
+            index = index_series(series)
+            uses = rule_uses(groups) + dashboard_uses()
+            assert {u.where for u in uses if u.needs_etcd} >= {f"rule {n}" for n in HA_ALERTS}
+            problems = drift_problems(uses, index)
+            assert not problems, "drift from the [etcd] scrape:\n" + "\n".join(problems)
+            for group in groups:
+                for rule in group["rules"]:
+                    assert rule["health"] == "ok", rule
+            # Losing to another host is no double-sign attempt of this validator's nodes.
+            assert rule_states(groups)["TmkmsDoubleSignRefused"] == "inactive"
+            # Every dashboard query shows data now, the HA panels included.
+            for query in dashboard_queries():
+                result = await prom.query(grafana_query(query.expr))
+                if not FILTERED.search(query.expr):
+                    assert result, f"{query.where} shows nothing: {query.expr}"
             await node_client.aclose()
