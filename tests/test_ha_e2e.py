@@ -1250,7 +1250,7 @@ async def test_tmkms_start_never_creates_the_watermark_state_init_does(
         async with fleet(tmp_path) as f:
             a = await f.add("kms-a", etcd.endpoints, init=False)
             b = await f.add("kms-b", etcd.endpoints[::-1], init=False)
-            await f.start(a)
+            await f.start(a, None, "--metrics", "127.0.0.1:0")
             await f.start(b)
             began = time.monotonic()
             for result in await f.steps(4):
@@ -1262,9 +1262,14 @@ async def test_tmkms_start_never_creates_the_watermark_state_init_does(
             await trio.sleep(2.5)  # two more rounds of the watcher: not repeated
             assert sum(bool(re.search(advice, line)) for line in a.output()) == 1
             assert await in_thread(etcd.get_value, f.key) is None
+            base = await metrics_base(a.kms)
+            doc = await wait_ready(base, False)  # etcd answers, but the chain cannot sign
+            assert doc["etcd"]["reachable"] is True
+            assert "tmkms state init" in doc["etcd"]["not_reconciled"][f.chain_id], doc
             out = await state_init(a)
             created = time.monotonic()
             assert "shared: created at 0/0/0 Proposal, block <nil> by kms-a" in out, out
+            await wait_ready(base, True)
             first = await f.wait_signed(timeout=5)
             waited = time.monotonic() - created
             await f.steps(10)

@@ -38,7 +38,7 @@ from kms.ops import (
 from kms.ops.exposition import build_registry, render
 from kms.ops.health import readiness
 from kms.ops.runtime import make_app
-from kms.ops.stats import Histogram
+from kms.ops.stats import HaMetrics, Histogram
 from kms.protocol.messages import SignedMsgType, SignVoteRequest
 from kms.protocol.version import ProtocolVersion
 from kms.sdnotify import ReadyNotifier, notify, notify_socket_address, watchdog_interval
@@ -117,6 +117,27 @@ def test_a_providers_health_reports_reach_the_metrics() -> None:
     assert 'tmkms_provider_reachable{provider="yubihsm"} 0.0' in text
     hsm.set_reachable(True)
     assert readiness(metrics)["ready"] is True
+
+
+def test_a_chain_without_first_contact_keeps_the_kms_not_ready() -> None:
+    """etcd answers, but one chain's watermark is missing: not ready, and the body says
+    which chain and why; ready once every chain's first contact is done."""
+    metrics = KmsMetrics()
+    metrics.ha = HaMetrics()
+    metrics.ha.set_reachable(True, "http://10.0.0.1:2379", None)
+    assert readiness(metrics)["ready"] is True
+    why = "shared watermark of c-1: missing: ... run `tmkms state init` ..."
+    metrics.ha.set_unreconciled({"c-1": why})
+    body = readiness(metrics)
+    assert body["ready"] is False
+    assert body["etcd"] == {
+        "reachable": True,
+        "endpoint": "http://10.0.0.1:2379",
+        "not_reconciled": {"c-1": why},
+    }
+    metrics.ha.set_unreconciled({})
+    assert readiness(metrics)["ready"] is True
+    assert "not_reconciled" not in readiness(metrics)["etcd"]
 
 
 # -- the handler and the exposition, in-process ----------------------------------------------

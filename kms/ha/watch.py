@@ -7,9 +7,9 @@ refusing to sign, and reconciles as soon as a member answers. A first contact th
 answers with a refusal (no watermark yet, a malformed one, credentials refused) is one
 ERROR line naming the chain and what to do, not repeated while the cause stays the same,
 and is tried again every round: a key created by ``tmkms state init`` is picked up within a
-second. A watermark found ahead of the
-local state was saved locally by the store; the chain's tracker then reads it, so its next
-check starts from there.
+second. Until a chain's first contact is done, ``/readyz`` names it and why (not ready). A
+watermark found ahead of the local state was saved locally by the store; the chain's
+tracker then reads it, so its next check starts from there.
 """
 
 from __future__ import annotations
@@ -45,13 +45,23 @@ async def watch_etcd(
 ) -> None:
     """Ping and reconcile until cancelled (see the module docstring)."""
     reported: dict[str, str] = {}  # chain -> the refusal of its first contact last logged
+    waiting: dict[str, str] = {}  # chain -> why its first contact is not done
     while True:
         await _ping(ha, metrics, deadline=trio.current_time() + interval)
-        if metrics.reachable:
-            for tracker in list(trackers().values()):
-                store = tracker.store
-                if isinstance(store, SharedWatermarkStore) and store.last_reconcile is None:
-                    await _reconcile(tracker, store, reported)
+        shared = {
+            chain: (tracker, tracker.store)
+            for chain, tracker in trackers().items()
+            if isinstance(tracker.store, SharedWatermarkStore)
+        }
+        for chain, (tracker, store) in shared.items():
+            if store.last_reconcile is None and metrics.reachable:
+                waiting[chain] = await _reconcile(tracker, store, reported)
+        waiting = {  # a save may have done first contact meanwhile; a chain may be gone
+            chain: waiting.get(chain, "not tried yet: etcd not reachable")
+            for chain, (_, store) in shared.items()
+            if store.last_reconcile is None
+        }
+        metrics.set_unreconciled(waiting)
         await trio.sleep(interval)
 
 
@@ -72,7 +82,8 @@ async def _ping(ha: SharedWatermarks, metrics: HaMetrics, *, deadline: float) ->
 
 async def _reconcile(
     tracker: ChainTracker, store: SharedWatermarkStore, reported: dict[str, str]
-) -> None:
+) -> str:
+    """First contact for ``tracker``'s chain; why it is not done ("" once it is)."""
     chain = tracker.chain_id
     try:
         done = await store.reconcile()
@@ -83,7 +94,7 @@ async def _reconcile(
             reported[chain] = str(exc)
         else:
             log.debug("[%s] first contact with etcd not done: %s", chain, exc)
-        return
+        return str(exc)
     reported.pop(chain, None)
     log.info(
         "[%s] shared watermark %s: local %s, shared %s (written by %s)",
@@ -91,3 +102,4 @@ async def _reconcile(
     )  # fmt: skip
     if done.action is ReconcileAction.ADOPT:
         await tracker.open()  # the store saved the watermark as the local state
+    return ""

@@ -3,8 +3,10 @@
 Ready means: every configured validator connection is up (handshake done, not since
 dropped) and every signing provider in use is reachable (its last signature did not fail,
 and the provider has not reported itself unreachable), and with ``[etcd]`` a cluster
-member with a leader answered the last ping. A load balancer or an alert can key
-on the status code alone (200 ready, 503 not); the body says which part is missing.
+member with a leader answered the last ping and every chain's first contact is done (a
+chain without its watermark, say, refuses to sign: ``etcd.not_reconciled`` names it and
+why). A load balancer or an alert can key on the status code alone (200 ready, 503 not);
+the body says which part is missing.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ __all__ = ["health", "is_ready", "readiness"]
 
 
 def is_ready(metrics: KmsMetrics) -> bool:
-    """Every validator connected, every provider reachable, and etcd (if used) answering."""
+    """Every validator connected, every provider reachable, and etcd (if used) answering
+    with every chain's first contact done."""
     return (
         all(v.connected for v in metrics.validators)
         and all(p.reachable for p in metrics.providers.values())
-        and (metrics.ha is None or metrics.ha.reachable)
+        and (metrics.ha is None or (metrics.ha.reachable and not metrics.ha.unreconciled))
     )
 
 
@@ -70,5 +73,7 @@ def readiness(metrics: KmsMetrics) -> dict[str, Any]:
             etcd["endpoint"] = metrics.ha.endpoint
         if not metrics.ha.reachable and metrics.ha.last_error is not None:
             etcd["last_error"] = metrics.ha.last_error
+        if metrics.ha.unreconciled:
+            etcd["not_reconciled"] = dict(sorted(metrics.ha.unreconciled.items()))
         body["etcd"] = etcd
     return body

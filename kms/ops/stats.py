@@ -266,6 +266,8 @@ class HaMetrics:
         self.reachable = False
         self.endpoint: str | None = None
         self.last_error: str | None = None
+        # chains whose first contact with etcd is not done: why (they cannot sign yet)
+        self.unreconciled: dict[str, str] = {}
 
     def cas_won(self, chain_id: str, seconds: float) -> None:
         """A check-and-set moved the chain's watermark for this host."""
@@ -285,6 +287,10 @@ class HaMetrics:
     def set_reachable(self, reachable: bool, endpoint: str | None, error: str | None) -> None:
         """What the last ping of the cluster found."""
         self.reachable, self.endpoint, self.last_error = reachable, endpoint, error
+
+    def set_unreconciled(self, chains: dict[str, str]) -> None:
+        """The chains whose first contact is not done yet, each with why."""
+        self.unreconciled = dict(chains)
 
     def _count(self, chain_id: str, outcome: str, cause: str) -> None:
         key = (chain_id, outcome, cause)
