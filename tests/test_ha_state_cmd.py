@@ -180,6 +180,8 @@ def test_init_creates_missing_watermarks_from_the_local_states_and_only_those(
     assert out[0] == f"chain alpha-1 (state file {state_path(home)}): {describe(signed)}"
     assert out[1].startswith(f"  shared: created at {describe(signed)} by {HOST} (etcd key ")
     assert out[3].startswith(f"  shared: created at 0/0/0 Proposal, block <nil> by {HOST}")
+    assert out[4].startswith("  note: created at height 0 (no state on this host): if this")
+    assert len(out) == 5  # alpha-1 had a state: no note
     alpha = parse_watermark(stored(etcd, prefix) or b"")
     beta = parse_watermark(stored(etcd, prefix, "beta-2") or b"")
     assert (alpha.state, alpha.host) == (signed, HOST)

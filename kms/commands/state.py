@@ -386,6 +386,11 @@ def init_shared(args: argparse.Namespace) -> int:
         raised = done[chain.id]
         failed = failed or raised.outcome is RaiseOutcome.MALFORMED
         print(f"  shared: {_init_text(key, raised, settings.host)}")
+        if raised.outcome is RaiseOutcome.RAISED and states[chain.id] == SignState.INITIAL:
+            print(
+                "  note: created at height 0 (no state on this host): if this validator has "
+                "signed before, raise it now with `tmkms state import` or `tmkms state set`"
+            )
     if error is not None:
         print(f"etcd could not be asked: {error}")
         return 1 if not failed else 4
