@@ -30,35 +30,50 @@ CHAIN_ID = "demo-1"
 HEIGHTS = 5
 
 
-def write_demo_home(home: Path, node_addr: Address) -> Path:
-    """Write keys and a tmkms.toml for one chain and one validator; return the config path."""
+def write_demo_home(
+    home: Path,
+    node_addr: Address,
+    *,
+    chain_id: str = CHAIN_ID,
+    consensus_key: SigningKey | None = None,
+    extra: str = "",
+) -> Path:
+    """Write keys and a tmkms.toml for one chain and one validator; return the config path.
+
+    ``consensus_key`` (default: a new one) is written as the softsign key; ``extra`` is
+    appended to the tmkms.toml (``tmkms demo --ha``'s ``[etcd]``).
+    """
     for sub in ("secrets", "state"):
         (home / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-    for name in ("priv_validator_key", "kms-identity.key"):
+    keys = {
+        "priv_validator_key": consensus_key or SigningKey.generate(),
+        "kms-identity.key": SigningKey.generate(),
+    }
+    for name, key in keys.items():
         key_path = home / "secrets" / name
-        key_path.write_text(base64.b64encode(bytes(SigningKey.generate())).decode() + "\n")
+        key_path.write_text(base64.b64encode(bytes(key)).decode() + "\n")
         key_path.chmod(0o600)
     config = home / "tmkms.toml"
     config.write_text(
         f"""# tmkms demo configuration (generated)
 [[chain]]
-id = "{CHAIN_ID}"
+id = "{chain_id}"
 key_format = {{ type = "bech32", account_key_prefix = "cosmospub", \
 consensus_key_prefix = "cosmosvalconspub" }}
-state_file = "{home}/state/{CHAIN_ID}-consensus.json"
+state_file = "{home}/state/{chain_id}-consensus.json"
 
 [[providers.softsign]]
-chain_ids = ["{CHAIN_ID}"]
+chain_ids = ["{chain_id}"]
 key_type = "consensus"
 path = "{home}/secrets/priv_validator_key"
 
 [[validator]]
-chain_id = "{CHAIN_ID}"
+chain_id = "{chain_id}"
 addr = "{node_addr}"
 secret_key = "{home}/secrets/kms-identity.key"
 protocol_version = "v0.38"
 reconnect = true
-"""
+{extra}"""
     )
     return config
 

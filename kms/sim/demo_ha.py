@@ -21,7 +21,6 @@ groups, so a Ctrl-C in the terminal reaches only the demo, which then stops them
 
 from __future__ import annotations
 
-import base64
 import os
 import random
 import signal
@@ -41,6 +40,7 @@ from kms.protocol.messages import BlockId, RemoteSignerError, SignedMsgType
 from kms.protocol.signbytes import proposal_sign_bytes, vote_extension_sign_bytes, vote_sign_bytes
 from kms.protocol.version import ProtocolVersion
 from kms.sim.consensus import make_proposal, make_vote, random_block_id
+from kms.sim.demo import write_demo_home
 from kms.sim.etcd import LocalEtcd, find_etcd
 from kms.sim.node import SignerClient, SimulatedNode
 from kms.transport.address import Address
@@ -71,42 +71,11 @@ def write_ha_home(
     home: Path, host: str, node_addr: Address, consensus_key: SigningKey, endpoints: list[str]
 ) -> Path:
     """A KMS home for ``host``: its own identity and state, the shared key, ``[etcd]``."""
-    for sub in ("secrets", "state"):
-        (home / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-    keys = {"priv_validator_key": consensus_key, "kms-identity.key": SigningKey.generate()}
-    for name, key in keys.items():
-        path = home / "secrets" / name
-        path.write_text(base64.b64encode(bytes(key)).decode() + "\n")
-        path.chmod(0o600)
     urls = ", ".join(f'"{url}"' for url in endpoints)
-    config = home / "tmkms.toml"
-    config.write_text(
-        f"""# tmkms demo --ha configuration for {host} (generated)
-[[chain]]
-id = "{CHAIN_ID}"
-key_format = {{ type = "hex" }}
-state_file = "{home}/state/{CHAIN_ID}-consensus.json"
-
-[[providers.softsign]]
-chain_ids = ["{CHAIN_ID}"]
-key_type = "consensus"
-path = "{home}/secrets/priv_validator_key"
-
-[[validator]]
-chain_id = "{CHAIN_ID}"
-addr = "{node_addr}"
-secret_key = "{home}/secrets/kms-identity.key"
-protocol_version = "v0.38"
-reconnect = true
-
-[etcd]
-endpoints = [{urls}]
-prefix = "{PREFIX}"
-host = "{host}"
-timeout = 1.0
-"""
+    etcd = f'\n[etcd]\nendpoints = [{urls}]\nprefix = "{PREFIX}"\nhost = "{host}"\ntimeout = 1.0\n'
+    return write_demo_home(
+        home, node_addr, chain_id=CHAIN_ID, consensus_key=consensus_key, extra=etcd
     )
-    return config
 
 
 @attrs.define(eq=False)
