@@ -29,7 +29,9 @@ import trio
 
 from benchmarks.ha import report_ha, run_ha
 from benchmarks.harness import (
+    CONNECT_TIMEOUT,
     Signing,
+    connect_all,
     durable_write_samples,
     ed25519_sign_s,
     kms_with_nodes,
@@ -40,9 +42,7 @@ from benchmarks.harness import (
     state_save_samples,
     summary_ms,
 )
-from kms.sim.node import SignerClient
 
-CONNECT_TIMEOUT = 30.0
 # Paced phase: each chain asks 30 times a second (a 100 ms block: proposal, prevote,
 # precommit), so 50 chains make the 1,500 signatures/s of the many-chain target.
 PER_CHAIN_RATE = 30.0
@@ -69,9 +69,7 @@ async def floor() -> dict[str, float]:
 async def sign_latency(heights: int) -> dict[str, Any]:
     """Sequential requests on one chain: p50/p99/max latency."""
     async with kms_with_nodes(["bench-1"]) as (home, _process):
-        with trio.fail_after(CONNECT_TIMEOUT):
-            client = await home.nodes["bench-1"].accept()
-            await client.pub_key()
+        (client,) = await connect_all(home)
         signing = Signing(client)
         for _ in range(min(50, heights)):  # warm up
             await signing.one_height()
@@ -100,18 +98,7 @@ async def many_chains(count: int, seconds: float, per_chain_rate: float) -> dict
     """
     chains = [f"chain-{i}" for i in range(count)]
     async with kms_with_nodes(chains) as (home, process):
-        clients: list[SignerClient] = []
-
-        async def connect(chain: str) -> None:
-            client = await home.nodes[chain].accept()
-            await client.pub_key()
-            clients.append(client)
-
-        with trio.fail_after(CONNECT_TIMEOUT):
-            async with trio.open_nursery() as nursery:
-                for chain in chains:
-                    nursery.start_soon(connect, chain)
-
+        clients = await connect_all(home)
         flat_out = [Signing(c) for c in clients]
         cpu = process_cpu_s(process.pid)
         rate, latencies = await _run_all(flat_out, seconds, interval=0.0)

@@ -47,6 +47,7 @@ from benchmarks import bench_etcd
 from benchmarks.bench_etcd import raw_floor
 from benchmarks.harness import (
     Signing,
+    connect_all,
     kms_with_nodes,
     percentile,
     process_cpu_s,
@@ -57,10 +58,8 @@ from kms.ha.admin import create_watermark
 from kms.ha.client import EtcdClient
 from kms.ha.watermark import watermark_key
 from kms.sim.etcd import LocalEtcd, find_etcd, free_ports
-from kms.sim.node import SignerClient
 
 PREFIX = "/tmkms-bench/"
-CONNECT_TIMEOUT = 30.0
 _SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
@@ -140,9 +139,7 @@ async def single_chain(endpoints: list[str], heights: int) -> dict[str, Any]:
     metrics_port = free_ports(1)[0]
     await init_watermarks(endpoints, ["bench-ha"])
     async with kms_with_nodes(["bench-ha"], etcd_toml(endpoints, metrics_port)) as (home, _p):
-        with trio.fail_after(CONNECT_TIMEOUT):
-            client = await home.nodes["bench-ha"].accept()
-            await client.pub_key()
+        (client,) = await connect_all(home)
         signing = Signing(client)
         for _ in range(min(50, heights)):  # warm up: first contact, connections
             await signing.one_height()
@@ -173,18 +170,7 @@ async def many_chains(
     metrics_port = free_ports(1)[0]
     await init_watermarks(endpoints, chains)
     async with kms_with_nodes(chains, etcd_toml(endpoints, metrics_port)) as (home, process):
-        clients: list[SignerClient] = []
-
-        async def connect(chain: str) -> None:
-            client = await home.nodes[chain].accept()
-            await client.pub_key()
-            clients.append(client)
-
-        with trio.fail_after(CONNECT_TIMEOUT):
-            async with trio.open_nursery() as nursery:
-                for chain in chains:
-                    nursery.start_soon(connect, chain)
-        signings = [Signing(c) for c in clients]
+        signings = [Signing(c) for c in await connect_all(home)]
         async with trio.open_nursery() as nursery:  # warm up: every chain's first contact
             for signing in signings:
                 nursery.start_soon(signing.one_height)

@@ -137,6 +137,27 @@ async def kms_with_nodes(
                     await node.aclose()
 
 
+#: Seconds the KMS may take to dial every node and answer its first request.
+CONNECT_TIMEOUT = 30.0
+
+
+async def connect_all(home: KmsHome) -> list[SignerClient]:
+    """Every node's connection from the KMS, in chain order, each past its first request
+    (the public key): the KMS is dialled in and answering on all of them."""
+    clients: dict[str, SignerClient] = {}
+
+    async def connect(chain: str) -> None:
+        client = await home.nodes[chain].accept()
+        await client.pub_key()
+        clients[chain] = client
+
+    with trio.fail_after(CONNECT_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            for chain in home.chains:
+                nursery.start_soon(connect, chain)
+    return [clients[chain] for chain in home.chains]
+
+
 def process_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a live process has used so far (``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
